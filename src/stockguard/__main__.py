@@ -1,0 +1,3 @@
+from stockguard.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from fastapi import FastAPI
+
+from stockguard import __version__
+from stockguard.api.middleware import BodyLimit, Idempotency
+from stockguard.api.problems import install_handlers
+from stockguard.api.routes import router
+from stockguard.config import Settings
+from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
+from stockguard.service.uow import Backends
+from stockguard.workers.loops import start_workers, stop_workers
+
+__all__ = ["build_app", "create_app"]
+
+
+def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
+    """The app; with ``backends`` given (tests) the lifespan opens nothing itself and runs
+    no workers."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if backends is not None:
+            app.state.backends = backends
+            yield
+            return
+        endpoints: Endpoints = resolve_endpoints(settings)
+        try:
+            async with open_backends(settings, endpoints) as opened:
+                app.state.backends = opened
+                tasks = start_workers(opened, settings) if settings.run_workers else []
+                try:
+                    yield
+                finally:
+                    await stop_workers(tasks)
+        finally:
+            endpoints.close()
+
+    app = FastAPI(
+        title="stockguard",
+        version=__version__,
+        description="Inventory service: never oversell, never lose a unit, never restore "
+        "a unit twice.",
+        lifespan=lifespan,
+    )
+    if backends is not None:
+        app.state.backends = backends
+    install_handlers(app)
+    app.include_router(router)
+
+    def pool() -> asyncpg.Pool:
+        b: Backends = app.state.backends
+        return b.pool
+
+    app.add_middleware(Idempotency, pool=pool)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def create_app() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (settings from the environment)."""
+    from stockguard.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return build_app(settings)

@@ -1,0 +1,459 @@
+"""Routes of API.md: catalogue and stock, orders, admin, operations."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stockguard.api.schemas import (
+    AdjustmentIn,
+    ApiKeyIn,
+    CancelIn,
+    ChannelIn,
+    LocationIn,
+    OrderIn,
+    PaymentIn,
+    ReconcileIn,
+    SkuIn,
+    StatusIn,
+    decode_cursor,
+    order_json,
+    page,
+    ts,
+)
+from stockguard.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from stockguard.domain.model import OrderStatus
+from stockguard.service import catalogue, orders
+from stockguard.service.catalogue import SkuView
+from stockguard.service.reconcile import reconcile
+from stockguard.service.uow import Backends
+from stockguard.service.verify import verify
+from stockguard.store import keys
+from stockguard.store.orders import load_orders
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+After = Annotated[str | None, Query(max_length=500)]
+SKU_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+CODE_PATTERN = r"^[a-z0-9._-]{1,64}$"
+
+
+def _path(value: str, pattern: str, what: str) -> str:
+    if not re.fullmatch(pattern, value):
+        raise ValidationFailed(f"{what}: must match {pattern}")
+    return value
+
+
+def _sku_path(sku: str) -> str:
+    return _path(sku, SKU_PATTERN, "sku")
+
+
+SkuPath = Annotated[str, Depends(_sku_path)]
+
+
+def backends(request: Request) -> Backends:
+    b: Backends = request.app.state.backends
+    return b
+
+
+async def principal(request: Request) -> keys.ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+    async with backends(request).pool.acquire() as conn:
+        key = await keys.authenticate(conn, token.strip())
+    if key is None:
+        raise Unauthorized("unknown or revoked API key")
+    return key
+
+
+async def service_role(key: Annotated[keys.ApiKey, Depends(principal)]) -> keys.ApiKey:
+    return key  # admin and service may both
+
+
+async def admin_role(key: Annotated[keys.ApiKey, Depends(principal)]) -> keys.ApiKey:
+    if key.role != "admin":
+        raise Forbidden("this needs an admin key")
+    return key
+
+
+Service = Annotated[keys.ApiKey, Depends(service_role)]
+Admin = Annotated[keys.ApiKey, Depends(admin_role)]
+B = Annotated[Backends, Depends(backends)]
+
+
+def actor(key: keys.ApiKey) -> str:
+    return f"key:{key.name}"
+
+
+def _json(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+# ------------------------------------------------------------ catalogue and stock
+
+
+def _location(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "code": row["code"],
+        "name": row["name"],
+        "priority": row["priority"],
+        "active": row["active"],
+        "created_at": ts(row["created_at"]),
+        "updated_at": ts(row["updated_at"]),
+    }
+
+
+@router.put("/v1/locations/{code}", tags=["catalogue"])
+async def put_location(code: str, body: LocationIn, key: Admin, b: B) -> JSONResponse:
+    _path(code, CODE_PATTERN, "code")
+    row, created = await catalogue.put_location(
+        b, code, body.name, body.priority, body.active, actor(key)
+    )
+    return _json(_location(row), 201 if created else 200)
+
+
+@router.get("/v1/locations", tags=["catalogue"])
+async def list_locations(_key: Service, b: B, limit: Limit = 50, after: After = None) -> Any:
+    rows = await catalogue.list_locations(b, limit, decode_cursor(after))
+    return page([_location(r) for r in rows], limit, rows[-1]["code"] if rows else None)
+
+
+def _channel(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "code": row["code"],
+        "name": row["name"],
+        "locations": list(row["locations"]),
+        "created_at": ts(row["created_at"]),
+        "updated_at": ts(row["updated_at"]),
+    }
+
+
+@router.put("/v1/channels/{code}", tags=["catalogue"])
+async def put_channel(code: str, body: ChannelIn, key: Admin, b: B) -> JSONResponse:
+    _path(code, CODE_PATTERN, "code")
+    row, created = await catalogue.put_channel(b, code, body.name, body.locations, actor(key))
+    return _json(_channel(row), 201 if created else 200)
+
+
+@router.get("/v1/channels/{code}", tags=["catalogue"])
+async def get_channel(code: str, _key: Service, b: B) -> Any:
+    return _channel(await catalogue.get_channel(b, code))
+
+
+def _sku(view: SkuView) -> dict[str, Any]:
+    return {
+        "sku": view.sku,
+        "name": view.name,
+        "on_hand": view.on_hand,
+        "reserved": view.reserved,
+        "available": view.available,
+        "levels": [
+            {
+                "location": lv.location,
+                "on_hand": lv.on_hand,
+                "reserved": lv.reserved,
+                "available": lv.available,
+                "active": lv.active,
+            }
+            for lv in view.levels
+        ],
+    }
+
+
+@router.put("/v1/skus/{sku}", tags=["catalogue"])
+async def put_sku(sku: SkuPath, body: SkuIn, _key: Admin, b: B) -> JSONResponse:
+    view, created = await catalogue.put_sku(b, sku, body.name)
+    return _json(_sku(view), 201 if created else 200)
+
+
+@router.get("/v1/skus/{sku}", tags=["catalogue"])
+async def get_sku(sku: SkuPath, _key: Service, b: B) -> Any:
+    return _sku(await catalogue.get_sku(b, sku))
+
+
+@router.get("/v1/skus", tags=["catalogue"])
+async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None) -> Any:
+    views = await catalogue.list_skus(b, limit, decode_cursor(after))
+    return page([_sku(v) for v in views], limit, views[-1].sku if views else None)
+
+
+@router.post("/v1/skus/{sku}/adjustments", tags=["catalogue"], status_code=201)
+async def adjust(sku: SkuPath, body: AdjustmentIn, key: Admin, b: B) -> JSONResponse:
+    result = await catalogue.adjust_stock(
+        b,
+        catalogue.Adjustment(
+            sku=sku,
+            location=body.location,
+            reason=body.reason,
+            delta=body.delta,
+            set_on_hand=body.set_on_hand,
+            expected_on_hand=body.expected_on_hand,
+            reference=body.reference,
+        ),
+        actor(key),
+    )
+    return _json(
+        {
+            "sku": result.sku,
+            "location": result.location,
+            "on_hand": result.on_hand,
+            "reserved": result.reserved,
+            "available": result.available,
+            "on_hand_delta": result.on_hand_delta,
+            "updated_at": ts(result.updated_at),
+        },
+        201,
+    )
+
+
+@router.get("/v1/availability", tags=["catalogue"])
+async def get_availability(
+    _key: Service,
+    b: B,
+    sku: Annotated[list[str], Query(min_length=1, max_length=500)],
+    channel: Annotated[str | None, Query(pattern=CODE_PATTERN)] = None,
+) -> Any:
+    for s in sku:
+        _path(s, SKU_PATTERN, "sku")
+    items = await catalogue.availability(b, sku, channel)
+    return {
+        "items": [
+            {"sku": a.sku, "available": a.available, "locations": a.locations} for a in items
+        ]
+    }
+
+
+# ------------------------------------------------------------ orders
+
+
+@router.post("/v1/orders", tags=["orders"], status_code=201)
+async def place_order(body: OrderIn, key: Service, b: B) -> JSONResponse:
+    request = orders.PlaceOrder(
+        id=body.id or str(uuid.uuid4()),
+        lines=tuple((ln.sku, ln.quantity) for ln in body.lines),
+        channel=body.channel,
+        preferred_locations=tuple(body.preferred_locations),
+        allow_split=body.allow_split,
+        reservation_ttl_seconds=body.reservation_ttl_seconds,
+        total_amount=body.total_amount,
+        currency=body.currency.upper() if body.currency else None,
+    )
+    placed = await orders.place_order(b, request, actor(key))
+    return _json(order_json(placed.order), 201 if placed.created else 200)
+
+
+@router.get("/v1/orders/{order_id}", tags=["orders"])
+async def get_order(order_id: str, _key: Service, b: B) -> Any:
+    return order_json(await orders.get_order(b, order_id))
+
+
+@router.get("/v1/orders", tags=["orders"])
+async def list_orders(
+    _key: Service,
+    b: B,
+    status: Annotated[OrderStatus | None, Query()] = None,
+    limit: Limit = 50,
+    after: After = None,
+) -> Any:
+    cursor = decode_cursor(after)
+    if cursor is not None and not (isinstance(cursor, list) and len(cursor) == 2):
+        raise ValidationFailed("after: not a cursor this API gave out")
+    created_after = datetime.fromisoformat(cursor[0]) if cursor else None
+    async with b.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM orders WHERE deleted_at IS NULL "
+            "AND ($1::text IS NULL OR status = $1) "
+            "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) "
+            "ORDER BY created_at, id LIMIT $4",
+            status.value if status else None,
+            created_after,
+            cursor[1] if cursor else "",
+            limit,
+        )
+        found = await load_orders(conn, rows)
+    last = [found[-1].created_at.isoformat(), found[-1].id] if found else None
+    return page([order_json(o) for o in found], limit, last)
+
+
+@router.post("/v1/orders/{order_id}/payments", tags=["orders"])
+async def pay(order_id: str, body: PaymentIn, key: Service, b: B) -> Any:
+    proof = orders.PaymentProof(body.provider, body.payment_id, body.amount, body.currency)
+    return order_json(await orders.pay_order(b, order_id, proof, actor(key)))
+
+
+@router.post("/v1/orders/{order_id}/cancel", tags=["orders"])
+async def cancel(order_id: str, key: Service, b: B, body: CancelIn | None = None) -> Any:
+    reason = body.reason if body else None
+    return order_json(await orders.cancel_order(b, order_id, actor(key), reason))
+
+
+@router.patch("/v1/orders/{order_id}", tags=["orders"])
+async def patch_order(order_id: str, body: StatusIn, key: Service, b: B) -> Any:
+    return order_json(await orders.set_status(b, order_id, OrderStatus(body.status), actor(key)))
+
+
+@router.delete("/v1/orders/{order_id}", tags=["orders"], status_code=204)
+async def delete_order(order_id: str, key: Service, b: B) -> Response:
+    await orders.delete_order(b, order_id, actor(key))
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------ admin
+
+
+def _key_json(k: keys.ApiKey) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "name": k.name,
+        "role": k.role,
+        "key_prefix": k.key_prefix,
+        "created_at": ts(k.created_at),
+        "revoked_at": ts(k.revoked_at),
+    }
+
+
+@router.post("/v1/admin/api-keys", tags=["admin"], status_code=201)
+async def create_api_key(body: ApiKeyIn, _key: Admin, b: B) -> JSONResponse:
+    async with b.pool.acquire() as conn:
+        made, clear = await keys.create_key(conn, body.role, body.name)
+    return _json({**_key_json(made), "key": clear}, 201)
+
+
+@router.get("/v1/admin/api-keys", tags=["admin"])
+async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
+    cursor = decode_cursor(after)
+    if cursor is not None:
+        try:
+            uuid.UUID(str(cursor))
+        except ValueError as exc:
+            raise ValidationFailed("after: not a cursor this API gave out") from exc
+    async with b.pool.acquire() as conn:
+        found = await keys.list_keys(conn, limit, cursor)
+    return page([_key_json(k) for k in found], limit, found[-1].id if found else None)
+
+
+@router.delete("/v1/admin/api-keys/{key_id}", tags=["admin"], status_code=204)
+async def revoke_api_key(key_id: str, _key: Admin, b: B) -> Response:
+    try:
+        uuid.UUID(key_id)
+    except ValueError as exc:
+        raise NotFound(f"api key {key_id} not found") from exc
+    async with b.pool.acquire() as conn:
+        if not await keys.revoke_key(conn, key_id):
+            raise NotFound(f"api key {key_id} not found")
+    return Response(status_code=204)
+
+
+@router.get("/v1/admin/movements", tags=["admin"])
+async def movements(
+    _key: Admin,
+    b: B,
+    sku: str | None = None,
+    order_id: str | None = None,
+    limit: Limit = 50,
+    after: After = None,
+) -> Any:
+    cursor = decode_cursor(after)
+    if cursor is not None and not isinstance(cursor, int):
+        raise ValidationFailed("after: not a cursor this API gave out")
+    rows = await b.pool.fetch(
+        "SELECT id, sku, location, on_hand_delta, reserved_delta, reason, order_id, "
+        "reservation_id, actor, reference, created_at FROM stock_movements "
+        "WHERE ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR order_id = $2) "
+        "AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+        sku,
+        order_id,
+        cursor,
+        limit,
+    )
+    items = [{**dict(r.items()), "created_at": ts(r["created_at"])} for r in rows]
+    return page(items, limit, rows[-1]["id"] if rows else None)
+
+
+@router.get("/v1/admin/orders/{order_id}/inventory-logs", tags=["admin"])
+async def inventory_logs(
+    order_id: str, _key: Admin, b: B, limit: Limit = 50, after: After = None
+) -> Any:
+    cursor = decode_cursor(after)
+    if cursor is not None and not isinstance(cursor, int):
+        raise ValidationFailed("after: not a cursor this API gave out")
+    rows = await b.pool.fetch(
+        "SELECT id, order_id, action, actor, reservation_ids, error_reason, context, created_at "
+        "FROM order_inventory_logs WHERE order_id = $1 AND ($2::bigint IS NULL OR id > $2) "
+        "ORDER BY id LIMIT $3",
+        order_id,
+        cursor,
+        limit,
+    )
+    items = [
+        {
+            **dict(r.items()),
+            "reservation_ids": list(r["reservation_ids"]),
+            "created_at": ts(r["created_at"]),
+        }
+        for r in rows
+    ]
+    return page(items, limit, rows[-1]["id"] if rows else None)
+
+
+@router.get("/v1/admin/verify", tags=["admin"])
+async def verify_invariants(_key: Admin, b: B) -> Any:
+    async with b.pool.acquire() as conn:
+        found = await verify(conn)
+    return {
+        "ok": not found,
+        "violations": [
+            {"invariant": v.invariant, "check": v.check, "detail": v.detail} for v in found
+        ],
+    }
+
+
+@router.post("/v1/admin/cache/reconcile", tags=["admin"])
+async def reconcile_cache(_key: Admin, b: B, body: ReconcileIn | None = None) -> Any:
+    report = await reconcile(b, repair=body.repair if body else False)
+    return {
+        "checked": report.checked,
+        "drifted": [
+            {"sku": d.sku, "redis": d.redis, "postgres": d.postgres} for d in report.drifted
+        ],
+        "repaired": report.repaired,
+    }
+
+
+# ------------------------------------------------------------ operations
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> Any:
+    return {"ok": True}
+
+
+@router.get("/readyz", tags=["operations"])
+async def readyz(b: B) -> JSONResponse:
+    checks: dict[str, bool] = {}
+    try:
+        checks["postgres"] = await b.pool.fetchval("SELECT true") is True
+    except Exception:
+        checks["postgres"] = False
+    try:
+        checks["redis"] = b.cache is not None and await b.cache.ping()
+    except Exception:
+        checks["redis"] = False
+    ok = all(checks.values())
+    return _json({"ok": ok, "checks": checks}, 200 if ok else 503)
+
+
+@router.get("/metrics", tags=["operations"])
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

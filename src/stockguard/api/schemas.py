@@ -1,0 +1,167 @@
+"""Request bodies (strict: integers are JSON integers, unknown fields are refused) and
+the JSON shapes of answers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from stockguard.domain.errors import ValidationFailed
+from stockguard.store.orders import OrderRecord
+
+__all__ = [
+    "AdjustmentIn",
+    "ApiKeyIn",
+    "CancelIn",
+    "ChannelIn",
+    "LocationIn",
+    "OrderIn",
+    "PaymentIn",
+    "SkuIn",
+    "StatusIn",
+    "decode_cursor",
+    "encode_cursor",
+    "order_json",
+    "page",
+    "ts",
+]
+
+SkuCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Code = Annotated[str, StringConstraints(pattern=r"^[a-z0-9._-]{1,64}$")]
+OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")]
+Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
+BIG = 1_000_000_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LocationIn(Strict):
+    name: Name
+    priority: int = Field(default=100, ge=-1_000_000, le=1_000_000)
+    active: bool = True
+
+
+class ChannelIn(Strict):
+    name: Name
+    locations: list[Code] = Field(default_factory=list, max_length=1000)
+
+
+class SkuIn(Strict):
+    name: Name
+
+
+class AdjustmentIn(Strict):
+    location: Code
+    delta: int | None = Field(default=None, ge=-BIG, le=BIG)
+    set_on_hand: int | None = Field(default=None, ge=0, le=BIG)
+    reason: Literal[
+        "received", "correction", "cycle_count", "damaged", "shrinkage", "restock", "other"
+    ]
+    expected_on_hand: int | None = Field(default=None, ge=0, le=BIG)
+    reference: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class OrderLineIn(Strict):
+    sku: SkuCode
+    quantity: Quantity
+
+
+class OrderIn(Strict):
+    id: OrderId | None = None
+    channel: Code | None = None
+    lines: list[OrderLineIn] = Field(min_length=1, max_length=500)
+    preferred_locations: list[Code] = Field(default_factory=list, max_length=100)
+    allow_split: bool = True
+    reservation_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
+    total_amount: int | None = Field(default=None, ge=0, le=10**15)
+    currency: Currency | None = None
+
+
+class PaymentIn(Strict):
+    provider: Literal["stripe", "razorpay", "manual"]
+    payment_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    amount: int | None = Field(default=None, ge=0, le=10**15)
+    currency: Currency | None = None
+
+
+class CancelIn(Strict):
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class StatusIn(Strict):
+    status: Literal["processing", "shipped", "delivered", "cancelled"]
+
+
+class ApiKeyIn(Strict):
+    role: Literal["admin", "service"]
+    name: Name
+
+
+class ReconcileIn(Strict):
+    repair: bool = False
+
+
+def ts(value: datetime | None) -> str | None:
+    """RFC 3339 UTC."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def order_json(o: OrderRecord) -> dict[str, Any]:
+    payment = (
+        {"provider": o.payment_provider, "payment_id": o.payment_id, "paid_at": ts(o.paid_at)}
+        if o.payment_id
+        else None
+    )
+    return {
+        "id": o.id,
+        "status": o.status.value,
+        "channel": o.channel,
+        "lines": [{"sku": sku, "quantity": q} for _, sku, q in o.lines],
+        "reservations": [
+            {
+                "id": r.id,
+                "sku": r.sku,
+                "location": r.location,
+                "quantity": r.quantity,
+                "status": r.status.value,
+                "expires_at": ts(r.expires_at),
+            }
+            for r in o.reservations
+        ],
+        "payment": payment,
+        "total_amount": o.total_amount,
+        "currency": o.currency,
+        "preferred_locations": o.preferred_locations,
+        "allow_split": o.allow_split,
+        "cancel_reason": o.cancel_reason,
+        "created_at": ts(o.created_at),
+        "updated_at": ts(o.updated_at),
+    }
+
+
+def encode_cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("after: not a cursor this API gave out") from exc
+
+
+def page(items: list[dict[str, Any]], limit: int, last: Any) -> dict[str, Any]:
+    return {"items": items, "next": encode_cursor(last) if len(items) == limit else None}

@@ -1,0 +1,170 @@
+"""Availability in Redis.
+
+Keys (Redis-Cluster safe: the SKU in braces is the hash tag, so one SKU's keys share a
+slot and each script call touches one slot):
+
+- ``product:{SKU}:inventory`` - total available across active locations (integer string)
+- ``product:{SKU}:locations`` - hash location -> available, active locations only
+- ``product:{SKU}:version``   - the PostgreSQL cache version the two keys above reflect
+
+A write carries the version of the transaction that produced it (``cache_version_seq``)
+and a Lua script applies it only if no newer version is stored, so a slow, older write
+never overwrites a newer value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+__all__ = ["RedisCache", "SkuAvailability", "load_availability", "stamp_and_load"]
+
+_WRITE_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[3]) or '-1')
+local ver = tonumber(ARGV[1])
+if ver < cur then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+if #ARGV > 2 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+end
+redis.call('SET', KEYS[3], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SkuAvailability:
+    sku: str
+    version: int
+    locations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.locations.values())
+
+
+async def load_availability(
+    conn: asyncpg.Connection, skus: Sequence[str]
+) -> dict[str, SkuAvailability]:
+    """PostgreSQL's availability for these SKUs (active locations only), with versions."""
+    rows = await conn.fetch(
+        """
+        SELECT l.sku, l.location, l.on_hand - l.reserved AS available, l.version, loc.active
+        FROM inventory_levels l JOIN locations loc ON loc.code = l.location
+        WHERE l.sku = ANY($1::text[])
+        """,
+        list(skus),
+    )
+    return _fold(skus, rows)
+
+
+async def stamp_and_load(
+    conn: asyncpg.Connection, skus: Sequence[str]
+) -> dict[str, SkuAvailability]:
+    """Give these SKUs' levels a new cache version and return their availability.
+
+    Call only while holding the locks on every level of these SKUs: then every earlier
+    writer of them (committed or rolled back) took its version before this one, so this
+    write outranks all of theirs in Redis.
+    """
+    rows = await conn.fetch(
+        """
+        WITH v AS (SELECT nextval('cache_version_seq') AS version)
+        UPDATE inventory_levels l SET version = v.version
+        FROM v, locations loc
+        WHERE l.sku = ANY($1::text[]) AND loc.code = l.location
+        RETURNING l.sku, l.location, l.on_hand - l.reserved AS available, l.version, loc.active
+        """,
+        list(skus),
+    )
+    return _fold(skus, rows)
+
+
+def _fold(skus: Sequence[str], rows: Sequence[asyncpg.Record]) -> dict[str, SkuAvailability]:
+    locations: dict[str, dict[str, int]] = {s: {} for s in skus}
+    versions: dict[str, int] = dict.fromkeys(skus, 0)
+    for r in rows:
+        versions[r["sku"]] = max(versions[r["sku"]], r["version"])
+        if r["active"]:
+            locations[r["sku"]][r["location"]] = r["available"]
+    return {s: SkuAvailability(s, versions[s], locations[s]) for s in skus}
+
+
+class RedisCache:
+    """Reads and versioned writes of availability."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._sha: str | None = None
+
+    def keys(self, sku: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}product:{{{sku}}}"
+        return f"{base}:inventory", f"{base}:locations", f"{base}:version"
+
+    async def _script_sha(self) -> str:
+        if self._sha is None:
+            self._sha = str(await self.client.script_load(_WRITE_LUA))
+        return self._sha
+
+    async def write(self, states: Iterable[SkuAvailability]) -> int:
+        """Write each SKU's availability unless Redis holds a newer version; one round
+        trip for all of them. Returns how many SKUs were written."""
+        states = list(states)
+        if not states:
+            return 0
+        sha = await self._script_sha()
+        try:
+            return await self._write(sha, states)
+        except NoScriptError:  # Redis restarted and lost its script cache
+            self._sha = None
+            return await self._write(await self._script_sha(), states)
+
+    async def _write(self, sha: str, states: list[SkuAvailability]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for st in states:
+            args: list[str | int] = [st.version, st.total]
+            for loc, n in sorted(st.locations.items()):
+                args.extend((loc, n))
+            pipe.evalsha(sha, 3, *self.keys(st.sku), *args)
+        results = await pipe.execute()
+        return sum(int(r) for r in results)
+
+    async def read(self, skus: Sequence[str]) -> dict[str, tuple[int, dict[str, int]] | None]:
+        """SKU -> (total, {location: available}); None where Redis has no entry."""
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            inv, loc, _ = self.keys(sku)
+            pipe.get(inv)
+            pipe.hgetall(loc)
+        raw = await pipe.execute()
+        out: dict[str, tuple[int, dict[str, int]] | None] = {}
+        for i, sku in enumerate(skus):
+            total, hash_ = raw[2 * i], raw[2 * i + 1]
+            if total is None:
+                out[sku] = None
+                continue
+            out[sku] = (
+                int(total),
+                {_text(k): int(v) for k, v in hash_.items()},
+            )
+        return out
+
+    async def delete(self, skus: Iterable[str]) -> None:
+        keys = [k for sku in skus for k in self.keys(sku)]
+        if keys:
+            await self.client.delete(*keys)
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

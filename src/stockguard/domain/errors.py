@@ -1,0 +1,134 @@
+"""Every failure a caller can see, as one hierarchy::
+
+    StockguardError                    code                    HTTP
+    ├── Unauthorized                   unauthorized            401
+    ├── Forbidden                      forbidden               403
+    ├── NotFound                       not_found               404
+    ├── ValidationFailed               validation_error        422
+    ├── IdempotencyKeyReused           idempotency_key_reused  422
+    ├── OutOfStock                     out_of_stock            409
+    ├── InvalidTransition              invalid_transition      409
+    ├── OrderNotDeletable              order_not_deletable     409
+    ├── InsufficientStock              insufficient_stock      409
+    ├── StaleQuantity                  stale_quantity          409
+    ├── Conflict                       conflict                409
+    ├── InvalidSignature               invalid_signature       400
+    ├── PayloadTooLarge                payload_too_large       413
+    └── CacheUnavailable               cache_unavailable       503
+
+The HTTP status lives with the error so that the API layer maps nothing by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "CacheUnavailable",
+    "Conflict",
+    "Forbidden",
+    "IdempotencyKeyReused",
+    "InsufficientStock",
+    "InvalidSignature",
+    "InvalidTransition",
+    "NotFound",
+    "OrderNotDeletable",
+    "OutOfStock",
+    "PayloadTooLarge",
+    "Shortage",
+    "StaleQuantity",
+    "StockguardError",
+    "Unauthorized",
+    "ValidationFailed",
+]
+
+
+class StockguardError(Exception):
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class Unauthorized(StockguardError):
+    code, status, title = "unauthorized", 401, "Unauthorized"
+
+
+class Forbidden(StockguardError):
+    code, status, title = "forbidden", 403, "Forbidden"
+
+
+class NotFound(StockguardError):
+    code, status, title = "not_found", 404, "Not found"
+
+
+class ValidationFailed(StockguardError):
+    code, status, title = "validation_error", 422, "Invalid request"
+
+
+class IdempotencyKeyReused(StockguardError):
+    code, status, title = "idempotency_key_reused", 422, "Idempotency key reused"
+
+
+class InvalidTransition(StockguardError):
+    code, status, title = "invalid_transition", 409, "Invalid status transition"
+
+    def __init__(self, from_status: str, to_status: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"an order cannot go from {from_status} to {to_status}",
+            **{"from": from_status, "to": to_status},
+        )
+
+
+class OrderNotDeletable(StockguardError):
+    code, status, title = "order_not_deletable", 409, "Order cannot be deleted"
+
+
+class InsufficientStock(StockguardError):
+    code, status, title = "insufficient_stock", 409, "Insufficient stock"
+
+
+class StaleQuantity(StockguardError):
+    code, status, title = "stale_quantity", 409, "Stale quantity"
+
+
+class Conflict(StockguardError):
+    code, status, title = "conflict", 409, "Conflict"
+
+
+class InvalidSignature(StockguardError):
+    code, status, title = "invalid_signature", 400, "Invalid signature"
+
+
+class PayloadTooLarge(StockguardError):
+    code, status, title = "payload_too_large", 413, "Payload too large"
+
+
+class CacheUnavailable(StockguardError):
+    code, status, title = "cache_unavailable", 503, "Cache unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    sku: str
+    requested: int
+    available: int
+
+
+class OutOfStock(StockguardError):
+    code, status, title = "out_of_stock", 409, "Out of stock"
+
+    def __init__(self, shortages: list[Shortage]) -> None:
+        super().__init__(
+            "not enough stock for " + ", ".join(s.sku for s in shortages),
+            shortages=[
+                {"sku": s.sku, "requested": s.requested, "available": s.available}
+                for s in shortages
+            ],
+        )
+        self.shortages = shortages

@@ -1,0 +1,91 @@
+"""Reservation expiry and abandonment (DESIGN.md §4 Expire).
+
+Only unpaid ``pending`` orders are touched: committed reservations and paid orders are
+never released here (invariant 6). An expired order stays ``pending`` (a late payment can
+still arrive) and is cancelled after the abandonment window.
+"""
+
+from __future__ import annotations
+
+from stockguard.domain.model import LogAction, MovementReason, OrderStatus
+from stockguard.service.orders import cancel_order
+from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.store.levels import Delta
+from stockguard.store.orders import LogEntry, insert_logs, load_order
+
+__all__ = ["ACTOR", "abandon_stale", "expire_due", "expire_order"]
+
+ACTOR = "system:expiry-worker"
+
+
+async def expire_order(backends: Backends, order_id: str, actor: str = ACTOR) -> int:
+    """Expire the order's overdue reservations; returns the units given back."""
+
+    async def body(uow: UnitOfWork) -> int:
+        # SKIP LOCKED: an order being paid or cancelled right now is left to that operation.
+        order = await load_order(uow.conn, order_id, skip_locked=True)
+        if order is None or order.deleted_at is not None or order.status != OrderStatus.PENDING:
+            return 0
+        expired = await uow.conn.fetch(
+            "UPDATE reservations SET status = 'expired', updated_at = now() "
+            "WHERE order_id = $1 AND status = 'reserved' AND expires_at <= now() "
+            "RETURNING id, sku, location, quantity",
+            order_id,
+        )
+        if not expired:
+            return 0
+        await uow.levels.lock({r["sku"] for r in expired})
+        await uow.levels.apply(
+            [
+                Delta(
+                    r["sku"],
+                    r["location"],
+                    0,
+                    -r["quantity"],
+                    MovementReason.EXPIRE.value,
+                    order_id,
+                    r["id"],
+                )
+                for r in expired
+            ]
+        )
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [LogEntry(order_id, LogAction.EXPIRED, [r["id"] for r in expired])],
+        )
+        return sum(int(r["quantity"]) for r in expired)
+
+    return await run(backends, actor, body, operation="expire_order")
+
+
+async def expire_due(backends: Backends, limit: int = 200) -> int:
+    """One pass: expire pending orders whose reservations are overdue. Returns orders seen."""
+    rows = await backends.pool.fetch(
+        "SELECT DISTINCT r.order_id FROM reservations r JOIN orders o ON o.id = r.order_id "
+        "WHERE r.status = 'reserved' AND r.expires_at <= now() AND o.status = 'pending' "
+        "LIMIT $1",
+        limit,
+    )
+    for r in rows:
+        await expire_order(backends, r["order_id"])
+    return len(rows)
+
+
+async def abandon_stale(backends: Backends, abandon_after_seconds: int, limit: int = 200) -> int:
+    """Cancel pending orders that hold nothing and are past the abandonment window."""
+    rows = await backends.pool.fetch(
+        """
+        SELECT o.id FROM orders o
+        WHERE o.status = 'pending' AND o.deleted_at IS NULL
+          AND o.created_at + make_interval(secs => o.reservation_ttl_seconds + $1) <= now()
+          AND NOT EXISTS (SELECT 1 FROM reservations r
+                          WHERE r.order_id = o.id AND r.status IN ('reserved', 'committed'))
+        ORDER BY o.created_at LIMIT $2
+        """,
+        float(abandon_after_seconds),
+        limit,
+    )
+    for r in rows:
+        await cancel_order(backends, r["id"], ACTOR, reason="abandoned")
+    return len(rows)

@@ -1,0 +1,752 @@
+"""Order use cases: place, pay, cancel, delete, fulfil, expire.
+
+Each public function is one transaction (through :func:`stockguard.service.uow.run`).
+Lock order, everywhere: the order's row first, then its reservations, then levels (always
+through ``LevelWriter.lock``, which sorts by sku and location).
+
+Restoring stock is always "move the order's reserved/committed reservations to released,
+guarded by their status, in the same transaction that changes the order", so an order's
+stock can be restored at most once however many cancels, deletes or expiries race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from stockguard.domain.allocation import Allocation, Candidate, Line, allocate, rank_candidates
+from stockguard.domain.errors import (
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    OrderNotDeletable,
+    OutOfStock,
+    StockguardError,
+    ValidationFailed,
+)
+from stockguard.domain.model import (
+    CANCELLABLE,
+    DELETE_BLOCKED,
+    LogAction,
+    MovementReason,
+    OrderStatus,
+    ReservationStatus,
+    check_patch_transition,
+)
+from stockguard.metrics import OUT_OF_STOCK, RESTORED_UNITS
+from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.store.levels import Delta, LevelRow
+from stockguard.store.orders import (
+    LogEntry,
+    OrderRecord,
+    ReservationRecord,
+    insert_logs,
+    load_order,
+)
+
+__all__ = [
+    "PaymentProof",
+    "PlaceOrder",
+    "Placed",
+    "cancel_order",
+    "delete_order",
+    "get_order",
+    "order_hash",
+    "pay_order",
+    "place_order",
+    "place_orders",
+    "set_status",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    id: str
+    lines: tuple[tuple[str, int], ...]
+    channel: str | None = None
+    preferred_locations: tuple[str, ...] = ()
+    allow_split: bool = True
+    reservation_ttl_seconds: int = 900
+    total_amount: int | None = None
+    currency: str | None = None
+
+
+def order_hash(req: PlaceOrder) -> str:
+    """Fingerprint of an order's content: the same id with other content is a conflict."""
+    body = {
+        "lines": [list(line) for line in req.lines],
+        "channel": req.channel,
+        "preferred_locations": list(req.preferred_locations),
+        "allow_split": req.allow_split,
+        "ttl": req.reservation_ttl_seconds,
+        "total_amount": req.total_amount,
+        "currency": req.currency,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    order: OrderRecord
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentProof:
+    provider: str
+    payment_id: str
+    amount: int | None = None
+    currency: str | None = None
+
+
+# ---------------------------------------------------------------- placing
+
+
+@dataclass
+class _Decision:
+    req: PlaceOrder
+    allocations: list[Allocation] = field(default_factory=list)
+    order: OrderRecord | None = None
+    created: bool = False
+    error: StockguardError | None = None
+
+
+async def _channel_links(
+    conn: asyncpg.Connection, channels: set[str]
+) -> dict[str, dict[str, int]]:
+    """channel -> {location: priority}; raises for an unknown channel."""
+    if not channels:
+        return {}
+    rows = await conn.fetch(
+        "SELECT c.code, cl.location, cl.priority FROM channels c "
+        "LEFT JOIN channel_locations cl ON cl.channel = c.code WHERE c.code = ANY($1::text[])",
+        sorted(channels),
+    )
+    links: dict[str, dict[str, int]] = {}
+    for r in rows:
+        links.setdefault(r["code"], {})
+        if r["location"] is not None:
+            links[r["code"]][r["location"]] = r["priority"]
+    return links
+
+
+def _candidates(
+    levels: dict[tuple[str, str], LevelRow],
+    skus: set[str],
+    channel_links: dict[str, int] | None,
+    preferred: Sequence[str],
+) -> list[str]:
+    seen: dict[str, Candidate] = {}
+    for (sku, loc), row in levels.items():
+        if sku not in skus or not row.active or loc in seen:
+            continue
+        if channel_links is None:
+            seen[loc] = Candidate(loc, row.location_priority)
+        elif loc in channel_links:
+            seen[loc] = Candidate(loc, row.location_priority, channel_links[loc])
+    return rank_candidates(seen.values(), preferred)
+
+
+async def _reserve(
+    uow: UnitOfWork,
+    orders: Sequence[tuple[OrderRecord | PlaceOrder, Sequence[Line]]],
+    levels: dict[tuple[str, str], LevelRow],
+    links: dict[str, dict[str, int]],
+) -> list[list[Allocation] | OutOfStock]:
+    """Per-order decisions in arrival order against the locked levels."""
+    free = {k: row.available for k, row in levels.items()}
+    out: list[list[Allocation] | OutOfStock] = []
+    for order, lines in orders:
+        channel = order.channel
+        ranked = _candidates(
+            levels,
+            {ln.sku for ln in lines},
+            links.get(channel) if channel else None,
+            order.preferred_locations,
+        )
+        allocations, shortages = allocate(lines, ranked, free, order.allow_split)
+        if shortages:
+            OUT_OF_STOCK.inc()
+            out.append(OutOfStock(shortages))
+            continue
+        for a in allocations:
+            free[(a.sku, a.location)] -= a.quantity
+        out.append(allocations)
+    return out
+
+
+_INSERT_ORDERS_SQL = """
+WITH o AS (
+    INSERT INTO orders (id, status, channel, preferred_locations, allow_split,
+                        reservation_ttl_seconds, total_amount, currency, request_hash,
+                        created_at, updated_at)
+    SELECT d.id, 'pending', d.channel,
+           ARRAY(SELECT jsonb_array_elements_text(d.preferred::jsonb)),
+           d.allow_split, d.ttl, d.total_amount, d.currency, d.hash, $10, $10
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::int[], $6::bigint[],
+                $7::text[], $8::text[]) AS d(id, channel, preferred, allow_split, ttl,
+                                             total_amount, currency, hash)
+    RETURNING id
+), l AS (
+    INSERT INTO order_lines (order_id, line_no, sku, quantity)
+    SELECT x.order_id, x.line_no, x.sku, x.quantity
+    FROM jsonb_to_recordset($9::jsonb) AS x(order_id text, line_no int, sku text, quantity int)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM l) AS lines
+"""
+
+_INSERT_RESERVATIONS_SQL = """
+INSERT INTO reservations (order_id, line_no, sku, location, quantity, status, expires_at,
+                          created_at, updated_at)
+SELECT d.order_id, d.line_no, d.sku, d.location, d.quantity, 'reserved', d.expires_at, $7, $7
+FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::timestamptz[])
+     WITH ORDINALITY AS d(order_id, line_no, sku, location, quantity, expires_at, n)
+ORDER BY d.n
+RETURNING id, order_id, line_no, sku, location, quantity, expires_at
+"""
+
+
+async def _insert_reservations(
+    uow: UnitOfWork,
+    rows: Sequence[tuple[str, Allocation, datetime]],
+    now: datetime,
+    reason: MovementReason,
+) -> list[asyncpg.Record]:
+    """Insert reservations, raise the levels' reserved, write the ledger."""
+    if not rows:
+        return []
+    inserted: list[asyncpg.Record] = await uow.conn.fetch(
+        _INSERT_RESERVATIONS_SQL,
+        [r[0] for r in rows],
+        [r[1].line_no for r in rows],
+        [r[1].sku for r in rows],
+        [r[1].location for r in rows],
+        [r[1].quantity for r in rows],
+        [r[2] for r in rows],
+        now,
+    )
+    await uow.levels.apply(
+        [
+            Delta(
+                sku=r["sku"],
+                location=r["location"],
+                on_hand=0,
+                reserved=r["quantity"],
+                reason=reason.value,
+                order_id=r["order_id"],
+                reservation_id=r["id"],
+            )
+            for r in inserted
+        ]
+    )
+    return inserted
+
+
+async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decision]:
+    conn = uow.conn
+    decisions = [_Decision(req) for req in requests]
+    now: datetime = await conn.fetchval("SELECT now()")
+    existing_rows = await conn.fetch(
+        "SELECT id FROM orders WHERE id = ANY($1::text[])", [r.id for r in requests]
+    )
+    existing_ids = {r["id"] for r in existing_rows}
+    seen_in_batch: set[str] = set()
+    to_place: list[_Decision] = []
+    for d in decisions:
+        if d.req.id in existing_ids:
+            found = await load_order(conn, d.req.id)
+            assert found is not None
+            if found.request_hash != order_hash(d.req) or found.deleted_at is not None:
+                d.error = Conflict(f"order {d.req.id} exists with other content")
+            else:
+                d.order = found
+        elif d.req.id in seen_in_batch:
+            d.error = Conflict(f"order {d.req.id} is being placed already")
+        else:
+            seen_in_batch.add(d.req.id)
+            to_place.append(d)
+    if not to_place:
+        return decisions
+
+    links = await _channel_links(conn, {d.req.channel for d in to_place if d.req.channel})
+    placeable: list[_Decision] = []
+    for d in to_place:
+        if d.req.channel and d.req.channel not in links:
+            d.error = ValidationFailed(f"unknown channel {d.req.channel!r}")
+        else:
+            placeable.append(d)
+    levels = await uow.levels.lock({sku for d in placeable for sku, _ in d.req.lines})
+    results = await _reserve(
+        uow,
+        [
+            (d.req, [Line(i, sku, q) for i, (sku, q) in enumerate(d.req.lines, 1)])
+            for d in placeable
+        ],
+        levels,
+        links,
+    )
+    winners: list[_Decision] = []
+    for d, result in zip(placeable, results, strict=True):
+        if isinstance(result, OutOfStock):
+            d.error = result
+        else:
+            d.allocations = result
+            winners.append(d)
+    if not winners:
+        return decisions
+
+    await conn.execute(
+        _INSERT_ORDERS_SQL,
+        [d.req.id for d in winners],
+        [d.req.channel for d in winners],
+        [json.dumps(list(d.req.preferred_locations)) for d in winners],
+        [d.req.allow_split for d in winners],
+        [d.req.reservation_ttl_seconds for d in winners],
+        [d.req.total_amount for d in winners],
+        [d.req.currency for d in winners],
+        [order_hash(d.req) for d in winners],
+        [
+            {"order_id": d.req.id, "line_no": i, "sku": sku, "quantity": q}
+            for d in winners
+            for i, (sku, q) in enumerate(d.req.lines, 1)
+        ],
+        now,
+    )
+    inserted = await _insert_reservations(
+        uow,
+        [
+            (d.req.id, a, now + timedelta(seconds=d.req.reservation_ttl_seconds))
+            for d in winners
+            for a in d.allocations
+        ],
+        now,
+        MovementReason.RESERVE,
+    )
+    ids_by_order: dict[str, list[int]] = {}
+    reservations: dict[str, list[ReservationRecord]] = {}
+    for r in inserted:
+        ids_by_order.setdefault(r["order_id"], []).append(r["id"])
+        reservations.setdefault(r["order_id"], []).append(
+            ReservationRecord(
+                id=r["id"],
+                line_no=r["line_no"],
+                sku=r["sku"],
+                location=r["location"],
+                quantity=r["quantity"],
+                status=ReservationStatus.RESERVED,
+                expires_at=r["expires_at"],
+            )
+        )
+    await insert_logs(
+        conn,
+        uow.actor,
+        [
+            LogEntry(
+                d.req.id,
+                LogAction.RESERVED,
+                ids_by_order[d.req.id],
+                context={
+                    "allocations": [
+                        {"sku": a.sku, "location": a.location, "quantity": a.quantity}
+                        for a in d.allocations
+                    ]
+                },
+            )
+            for d in winners
+        ],
+    )
+    for d in winners:
+        d.created = True
+        d.order = _new_order(d.req, now, reservations[d.req.id])
+    return decisions
+
+
+def _new_order(req: PlaceOrder, now: datetime, held: list[ReservationRecord]) -> OrderRecord:
+    """The order just inserted, built from what was written (no second read)."""
+    return OrderRecord(
+        id=req.id,
+        status=OrderStatus.PENDING,
+        channel=req.channel,
+        preferred_locations=list(req.preferred_locations),
+        allow_split=req.allow_split,
+        reservation_ttl_seconds=req.reservation_ttl_seconds,
+        total_amount=req.total_amount,
+        currency=req.currency,
+        payment_provider=None,
+        payment_id=None,
+        payment_amount=None,
+        payment_currency=None,
+        paid_at=None,
+        request_hash=order_hash(req),
+        cancel_reason=None,
+        created_at=now,
+        updated_at=now,
+        deleted_at=None,
+        lines=[(i, sku, q) for i, (sku, q) in enumerate(req.lines, 1)],
+        reservations=held,
+    )
+
+
+async def _fresh(conn: asyncpg.Connection, order_id: str) -> OrderRecord:
+    found = await load_order(conn, order_id)
+    assert found is not None
+    return found
+
+
+async def place_orders(
+    backends: Backends, requests: Sequence[PlaceOrder], actor: str
+) -> list[Placed | StockguardError]:
+    """Place many orders in one transaction (group commit); each one is all-or-nothing
+    and decided in arrival order. Returns, per request, the order or why it was refused."""
+
+    async def body(uow: UnitOfWork) -> list[_Decision]:
+        return await _place(uow, requests)
+
+    for attempt in range(3):
+        try:
+            decisions = await run(backends, actor, body, operation="place_order")
+            break
+        except asyncpg.UniqueViolationError:
+            # The same new id placed concurrently: run again, it is "existing" now.
+            if attempt == 2:
+                raise
+    out: list[Placed | StockguardError] = []
+    for d in decisions:
+        if d.error is not None:
+            out.append(d.error)
+        else:
+            assert d.order is not None
+            out.append(Placed(d.order, created=d.created))
+    return out
+
+
+async def place_order(backends: Backends, request: PlaceOrder, actor: str) -> Placed:
+    (result,) = await place_orders(backends, [request], actor)
+    if isinstance(result, StockguardError):
+        raise result
+    return result
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def get_order(backends: Backends, order_id: str) -> OrderRecord:
+    async with backends.pool.acquire() as conn:
+        order = await load_order(conn, order_id)
+    if order is None or order.deleted_at is not None:
+        raise NotFound(f"order {order_id} not found")
+    return order
+
+
+async def _locked(uow: UnitOfWork, order_id: str) -> OrderRecord:
+    order = await load_order(uow.conn, order_id, lock=True)
+    if order is None or order.deleted_at is not None:
+        raise NotFound(f"order {order_id} not found")
+    return order
+
+
+async def _set_order_status(
+    uow: UnitOfWork, order: OrderRecord, status: OrderStatus, **extra: object
+) -> None:
+    sets = ["status = $2", "updated_at = now()"]
+    args: list[object] = [order.id, status.value]
+    for column, value in extra.items():
+        args.append(value)
+        sets.append(f"{column} = ${len(args)}")
+    await uow.conn.execute(f"UPDATE orders SET {', '.join(sets)} WHERE id = $1", *args)
+
+
+# ---------------------------------------------------------------- restoring
+
+
+async def restore(uow: UnitOfWork, order: OrderRecord, via: str) -> int:
+    """Give back everything the order still holds: exactly once, by the status guard."""
+    released = await uow.conn.fetch(
+        "UPDATE reservations SET status = 'released', updated_at = now() "
+        "WHERE order_id = $1 AND status IN ('reserved', 'committed') "
+        "RETURNING id, sku, location, quantity",
+        order.id,
+    )
+    if not released:
+        return 0
+    await uow.levels.lock({r["sku"] for r in released})
+    await uow.levels.apply(
+        [
+            Delta(
+                r["sku"],
+                r["location"],
+                0,
+                -r["quantity"],
+                MovementReason.RELEASE.value,
+                order.id,
+                r["id"],
+            )
+            for r in released
+        ]
+    )
+    ids = [r["id"] for r in released]
+    units: dict[str, int] = {}
+    for r in released:
+        units[r["sku"]] = units.get(r["sku"], 0) + r["quantity"]
+    await insert_logs(
+        uow.conn,
+        uow.actor,
+        [
+            LogEntry(order.id, LogAction.RELEASED, ids, context={"via": via}),
+            LogEntry(order.id, LogAction.STOCK_RESTORED, ids, context={"via": via, "units": units}),
+        ],
+    )
+    total = sum(units.values())
+    RESTORED_UNITS.labels(via).inc(total)
+    return total
+
+
+async def cancel_order(
+    backends: Backends, order_id: str, actor: str, reason: str | None = None
+) -> OrderRecord:
+    """Cancel and restore; cancelling a cancelled order changes nothing."""
+
+    async def body(uow: UnitOfWork) -> OrderRecord:
+        order = await _locked(uow, order_id)
+        if order.status == OrderStatus.CANCELLED:
+            return order
+        if order.status not in CANCELLABLE:
+            raise InvalidTransition(order.status.value, OrderStatus.CANCELLED.value)
+        await restore(uow, order, via="cancel")
+        await _set_order_status(uow, order, OrderStatus.CANCELLED, cancel_reason=reason)
+        return await _fresh(uow.conn, order_id)
+
+    return await run(backends, actor, body, operation="cancel_order")
+
+
+async def delete_order(backends: Backends, order_id: str, actor: str) -> None:
+    """Soft-delete; restore what is still held unless the order was cancelled already."""
+
+    async def body(uow: UnitOfWork) -> None:
+        order = await _locked(uow, order_id)
+        if order.status in DELETE_BLOCKED:
+            raise OrderNotDeletable(f"a {order.status.value} order cannot be deleted")
+        if order.status != OrderStatus.CANCELLED:
+            await restore(uow, order, via="delete")
+        await uow.conn.execute(
+            "UPDATE orders SET deleted_at = now(), updated_at = now(), status = 'cancelled', "
+            "cancel_reason = coalesce(cancel_reason, 'deleted') WHERE id = $1",
+            order_id,
+        )
+
+    await run(backends, actor, body, operation="delete_order")
+
+
+# ---------------------------------------------------------------- fulfilment
+
+
+async def _fulfil(uow: UnitOfWork, order: OrderRecord) -> None:
+    held = order.held_by_line()
+    committed = {
+        r.line_no for r in order.reservations if r.status == ReservationStatus.COMMITTED
+    }
+    uncommitted = [r for r in order.reservations if r.status == ReservationStatus.RESERVED]
+    short = [n for n, _, q in order.lines if held.get(n, 0) < q]
+    if uncommitted or short or not committed:
+        raise InvalidTransition(
+            order.status.value,
+            OrderStatus.SHIPPED.value,
+            "the order's stock is not fully committed; recover it first",
+        )
+    shipped = await uow.conn.fetch(
+        "UPDATE reservations SET status = 'fulfilled', updated_at = now() "
+        "WHERE order_id = $1 AND status = 'committed' RETURNING id, sku, location, quantity",
+        order.id,
+    )
+    await uow.levels.lock({r["sku"] for r in shipped})
+    await uow.levels.apply(
+        [
+            Delta(
+                r["sku"],
+                r["location"],
+                -r["quantity"],
+                -r["quantity"],
+                MovementReason.FULFIL.value,
+                order.id,
+                r["id"],
+            )
+            for r in shipped
+        ]
+    )
+    await insert_logs(
+        uow.conn, uow.actor, [LogEntry(order.id, LogAction.FULFILLED, [r["id"] for r in shipped])]
+    )
+
+
+async def set_status(
+    backends: Backends, order_id: str, target: OrderStatus, actor: str
+) -> OrderRecord:
+    """PATCH: processing, shipped (fulfil), delivered; cancelled goes to cancel_order."""
+    if target == OrderStatus.CANCELLED:
+        return await cancel_order(backends, order_id, actor)
+
+    async def body(uow: UnitOfWork) -> OrderRecord:
+        order = await _locked(uow, order_id)
+        if not check_patch_transition(order.status, target):
+            return order
+        if target == OrderStatus.SHIPPED:
+            await _fulfil(uow, order)
+        await _set_order_status(uow, order, target)
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.STATUS_CHANGED,
+                    context={"from": order.status.value, "to": target.value},
+                )
+            ],
+        )
+        return await _fresh(uow.conn, order_id)
+
+    return await run(backends, actor, body, operation=f"set_status_{target.value}")
+
+
+# ---------------------------------------------------------------- paying
+
+
+async def rereserve_missing(uow: UnitOfWork, order: OrderRecord) -> OutOfStock | list[int]:
+    """Reserve again what the order's lines no longer hold (expired or released), all or
+    nothing. Returns the new reservation ids, or the shortage."""
+    held = order.held_by_line()
+    missing = [
+        Line(n, sku, q - held.get(n, 0)) for n, sku, q in order.lines if held.get(n, 0) < q
+    ]
+    if not missing:
+        return []
+    links = await _channel_links(uow.conn, {order.channel} if order.channel else set())
+    levels = await uow.levels.lock({ln.sku for ln in missing})
+    (result,) = await _reserve(uow, [(order, missing)], levels, links)
+    if isinstance(result, OutOfStock):
+        return result
+    now: datetime = await uow.conn.fetchval("SELECT now()")
+    expires = now + timedelta(seconds=order.reservation_ttl_seconds)
+    inserted = await _insert_reservations(
+        uow, [(order.id, a, expires) for a in result], now, MovementReason.RESERVE
+    )
+    ids = [r["id"] for r in inserted]
+    await insert_logs(
+        uow.conn,
+        uow.actor,
+        [LogEntry(order.id, LogAction.RESERVED, ids, context={"rereserved": True})],
+    )
+    return ids
+
+
+async def commit_reserved(uow: UnitOfWork, order: OrderRecord) -> list[int]:
+    """reserved -> committed for the order (no level changes: the units are held already)."""
+    rows = await uow.conn.fetch(
+        "UPDATE reservations SET status = 'committed', updated_at = now() "
+        "WHERE order_id = $1 AND status = 'reserved' RETURNING id",
+        order.id,
+    )
+    ids = [r["id"] for r in rows]
+    if ids:
+        await insert_logs(uow.conn, uow.actor, [LogEntry(order.id, LogAction.COMMITTED, ids)])
+    return ids
+
+
+def _amount_mismatch(order: OrderRecord, proof: PaymentProof) -> str | None:
+    if order.total_amount is not None and proof.amount is not None:
+        if proof.amount != order.total_amount:
+            return f"paid {proof.amount}, order total is {order.total_amount}"
+    if order.currency and proof.currency and proof.currency.upper() != order.currency:
+        return f"paid in {proof.currency.upper()}, order currency is {order.currency}"
+    return None
+
+
+async def pay_order(
+    backends: Backends, order_id: str, proof: PaymentProof, actor: str
+) -> OrderRecord:
+    """Record payment proof and commit the order's stock (idempotent per payment id)."""
+    if not proof.provider or not proof.payment_id:
+        raise ValidationFailed("payment proof needs a provider and a payment id")
+
+    async def body(uow: UnitOfWork) -> OrderRecord:
+        order = await _locked(uow, order_id)
+        if order.payment_id is not None:
+            if (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id):
+                return order
+            await insert_logs(
+                uow.conn,
+                uow.actor,
+                [
+                    LogEntry(
+                        order.id,
+                        LogAction.INCONSISTENCY_DETECTED,
+                        error_reason="SECOND_PAYMENT",
+                        context={
+                            "detail": "a different payment for an order already paid: "
+                            "possible double charge",
+                            "recorded": [order.payment_provider, order.payment_id],
+                            "received": [proof.provider, proof.payment_id],
+                        },
+                    )
+                ],
+            )
+            if order.status == OrderStatus.PAID:
+                await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+            return await _fresh(uow.conn, order_id)
+        if order.status != OrderStatus.PENDING:
+            raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
+        await uow.conn.execute(
+            "UPDATE orders SET payment_provider = $2, payment_id = $3, payment_amount = $4, "
+            "payment_currency = $5, paid_at = now(), updated_at = now() WHERE id = $1",
+            order.id,
+            proof.provider,
+            proof.payment_id,
+            proof.amount,
+            proof.currency.upper() if proof.currency else None,
+        )
+        mismatch = _amount_mismatch(order, proof)
+        if mismatch:
+            await insert_logs(
+                uow.conn,
+                uow.actor,
+                [
+                    LogEntry(
+                        order.id,
+                        LogAction.INCONSISTENCY_DETECTED,
+                        error_reason="AMOUNT_MISMATCH",
+                        context={"detail": mismatch},
+                    )
+                ],
+            )
+            await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+            return await _fresh(uow.conn, order_id)
+        rereserved = await rereserve_missing(uow, order)
+        if isinstance(rereserved, OutOfStock):
+            await insert_logs(
+                uow.conn,
+                uow.actor,
+                [
+                    LogEntry(
+                        order.id,
+                        LogAction.RECOVERY_FAILED,
+                        error_reason="RESERVATION_EXPIRED_OR_NOT_FOUND",
+                        context={
+                            "detail": "late payment: expired lines could not be reserved again",
+                            "shortages": rereserved.extra["shortages"],
+                        },
+                    )
+                ],
+            )
+            await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+            return await _fresh(uow.conn, order_id)
+        await commit_reserved(uow, order)
+        await _set_order_status(uow, order, OrderStatus.PAID)
+        return await _fresh(uow.conn, order_id)
+
+    return await run(backends, actor, body, operation="pay_order")

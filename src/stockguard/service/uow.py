@@ -1,0 +1,155 @@
+"""The unit of work: one transaction, its level changes, and the cache sync before COMMIT.
+
+strict (default): the Redis write happens after the PostgreSQL writes and before COMMIT;
+if it fails the transaction rolls back and the caller gets CacheUnavailable. If COMMIT
+fails after the Redis write, the touched SKUs are rewritten from PostgreSQL.
+degraded: PostgreSQL commits even when Redis fails; the touched SKUs are marked dirty in
+the same transaction and the reconciler repairs them.
+disabled: no cache at all (benchmarks measure the cost of parity with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from stockguard.cache.redis_cache import RedisCache, stamp_and_load
+from stockguard.config import CacheMode
+from stockguard.domain.errors import CacheUnavailable
+from stockguard.logging import get_logger
+from stockguard.metrics import CACHE_SYNC_FAILURES, COMPENSATION_FAILED, OPERATION_SECONDS
+from stockguard.store.db import retrying
+from stockguard.store.levels import LevelWriter
+
+__all__ = ["Backends", "UnitOfWork", "mark_dirty", "repair_cache", "run"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+CACHE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+
+@dataclass
+class Backends:
+    """What every use case runs against."""
+
+    pool: asyncpg.Pool
+    cache: RedisCache | None
+    cache_mode: CacheMode = CacheMode.STRICT
+    redis_timeout: float = 0.5
+
+
+@dataclass
+class UnitOfWork:
+    conn: asyncpg.Connection
+    levels: LevelWriter
+    actor: str
+
+
+async def mark_dirty(conn: asyncpg.Connection, skus: Sequence[str]) -> None:
+    await conn.execute(
+        "INSERT INTO cache_dirty (sku) SELECT unnest($1::text[]) "
+        "ON CONFLICT (sku) DO UPDATE SET marked_at = now()",
+        sorted(skus),
+    )
+
+
+async def _write_cache(backends: Backends, conn: asyncpg.Connection, skus: list[str]) -> None:
+    assert backends.cache is not None
+    states = await stamp_and_load(conn, skus)
+    await asyncio.wait_for(backends.cache.write(states.values()), backends.redis_timeout)
+
+
+async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
+    """Rewrite these SKUs in Redis from PostgreSQL, under the levels' locks; on failure
+    leave them marked dirty for the reconciler. Raises if even that is impossible."""
+    if backends.cache is None or not skus:
+        return
+    wanted = sorted(set(skus))
+    async with backends.pool.acquire() as conn, conn.transaction():
+        await LevelWriter(conn, "system:cache").lock(wanted)
+        try:
+            await _write_cache(backends, conn, wanted)
+        except CACHE_ERRORS:
+            await mark_dirty(conn, wanted)
+            raise
+        await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", wanted)
+
+
+async def _after_failed_write(backends: Backends, skus: list[str]) -> None:
+    """A Redis write may have landed before it failed: make sure it cannot linger."""
+    try:
+        async with backends.pool.acquire() as conn:
+            await mark_dirty(conn, skus)
+    except Exception:
+        COMPENSATION_FAILED.inc()
+        log.exception("cache_compensation_failed", skus=skus)
+
+
+async def _sync_before_commit(backends: Backends, uow: UnitOfWork) -> bool:
+    skus = sorted(uow.levels.touched)
+    if not skus or backends.cache is None or backends.cache_mode is CacheMode.DISABLED:
+        return False
+    try:
+        await _write_cache(backends, uow.conn, skus)
+        return True
+    except CACHE_ERRORS as exc:
+        CACHE_SYNC_FAILURES.labels(backends.cache_mode.value).inc()
+        if backends.cache_mode is CacheMode.STRICT:
+            log.warning("cache_sync_failed", mode="strict", skus=skus, error=type(exc).__name__)
+            raise CacheUnavailable(
+                "the availability cache could not be updated; nothing was changed"
+            ) from exc
+        log.warning("cache_sync_failed", mode="degraded", skus=skus, error=type(exc).__name__)
+        await mark_dirty(uow.conn, skus)
+        return False
+
+
+async def run(
+    backends: Backends,
+    actor: str,
+    fn: Callable[[UnitOfWork], Awaitable[T]],
+    *,
+    operation: str,
+) -> T:
+    """Run ``fn`` in one transaction (again after a deadlock), syncing the cache first."""
+
+    async def attempt() -> T:
+        async with backends.pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            uow = UnitOfWork(conn=conn, levels=LevelWriter(conn, actor), actor=actor)
+            try:
+                result = await fn(uow)
+                wrote = await _sync_before_commit(backends, uow)
+            except CacheUnavailable:
+                await tr.rollback()
+                await _after_failed_write(backends, sorted(uow.levels.touched))
+                raise
+            except BaseException:
+                await tr.rollback()
+                raise
+            try:
+                await tr.commit()
+            except BaseException:
+                if wrote:
+                    await _restore_after_failed_commit(backends, sorted(uow.levels.touched))
+                raise
+            return result
+
+    with OPERATION_SECONDS.labels(operation).time():
+        return await retrying(attempt)
+
+
+async def _restore_after_failed_commit(backends: Backends, skus: list[str]) -> None:
+    try:
+        await repair_cache(backends, skus)
+    except Exception:
+        COMPENSATION_FAILED.inc()
+        log.exception("cache_restore_after_failed_commit_failed", skus=skus)
+        await _after_failed_write(backends, skus)

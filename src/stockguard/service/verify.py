@@ -1,0 +1,140 @@
+"""Checks DESIGN.md §3's invariants over the whole database (``stockguard verify``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+__all__ = ["CHECKS", "Violation", "verify"]
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    invariant: int
+    check: str
+    detail: dict[str, Any]
+
+
+# (invariant, name, query returning one row per violation)
+CHECKS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "reserved_within_on_hand",
+        "SELECT sku, location, on_hand, reserved FROM inventory_levels "
+        "WHERE NOT (0 <= reserved AND reserved <= on_hand)",
+    ),
+    (
+        2,
+        "reserved_equals_active_reservations",
+        """
+        SELECT l.sku, l.location, l.reserved, coalesce(r.held, 0) AS reservations
+        FROM inventory_levels l
+        LEFT JOIN (SELECT sku, location, sum(quantity) AS held FROM reservations
+                   WHERE status IN ('reserved', 'committed') GROUP BY sku, location) r
+          ON r.sku = l.sku AND r.location = l.location
+        WHERE l.reserved <> coalesce(r.held, 0)
+        """,
+    ),
+    (
+        3,
+        "ledger_sums_equal_levels",
+        """
+        SELECT coalesce(l.sku, m.sku) AS sku, coalesce(l.location, m.location) AS location,
+               l.on_hand, l.reserved, m.on_hand AS ledger_on_hand, m.reserved AS ledger_reserved
+        FROM inventory_levels l
+        FULL JOIN (SELECT sku, location, sum(on_hand_delta) AS on_hand,
+                          sum(reserved_delta) AS reserved
+                   FROM stock_movements GROUP BY sku, location) m
+          ON m.sku = l.sku AND m.location = l.location
+        WHERE l.on_hand IS DISTINCT FROM coalesce(m.on_hand, 0)
+           OR l.reserved IS DISTINCT FROM coalesce(m.reserved, 0)
+        """,
+    ),
+    (
+        3,
+        "ledger_is_append_only",
+        """
+        SELECT t.tgname FROM (VALUES ('stock_movements_append_only'),
+                                     ('stock_movements_no_truncate'),
+                                     ('order_inventory_logs_append_only')) AS t(tgname)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgname = t.tgname
+                          AND g.tgenabled <> 'D')
+        """,
+    ),
+    (
+        4,
+        "restored_at_most_once",
+        """
+        SELECT r.id AS reservation_id, r.order_id, r.status, r.quantity,
+               coalesce(m.reserved, 0) AS ledger_reserved
+        FROM reservations r
+        LEFT JOIN (SELECT reservation_id, sum(reserved_delta) AS reserved FROM stock_movements
+                   WHERE reservation_id IS NOT NULL GROUP BY reservation_id) m
+          ON m.reservation_id = r.id
+        WHERE coalesce(m.reserved, 0) <> CASE WHEN r.status IN ('reserved', 'committed')
+                                              THEN r.quantity ELSE 0 END
+        """,
+    ),
+    (
+        5,
+        "lines_all_or_nothing",
+        """
+        SELECT o.id AS order_id, l.line_no, l.quantity, coalesce(h.held, 0) AS held
+        FROM orders o JOIN order_lines l ON l.order_id = o.id
+        LEFT JOIN (SELECT order_id, line_no, sum(quantity) AS held FROM reservations
+                   WHERE status IN ('reserved', 'committed', 'fulfilled')
+                   GROUP BY order_id, line_no) h
+          ON h.order_id = l.order_id AND h.line_no = l.line_no
+        WHERE o.status = 'pending' AND coalesce(h.held, 0) NOT IN (0, l.quantity)
+        """,
+    ),
+    (
+        7,
+        "committed_only_with_payment_proof",
+        """
+        SELECT DISTINCT o.id AS order_id, o.status FROM orders o
+        JOIN reservations r ON r.order_id = o.id
+        WHERE r.status IN ('committed', 'fulfilled')
+          AND (o.payment_provider IS NULL OR o.payment_id IS NULL)
+        """,
+    ),
+    (
+        9,
+        "deleted_orders_hold_nothing_and_keep_their_trail",
+        """
+        SELECT o.id AS order_id FROM orders o
+        WHERE o.deleted_at IS NOT NULL AND (
+            EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = o.id
+                    AND r.status IN ('reserved', 'committed'))
+            OR EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = o.id
+                       AND NOT EXISTS (SELECT 1 FROM stock_movements m
+                                       WHERE m.reservation_id = r.id))
+            OR NOT EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.id))
+        """,
+    ),
+    (
+        9,
+        "orders_are_soft_deleted_only",
+        """
+        SELECT 'orders_soft_delete_only' AS trigger WHERE NOT EXISTS (
+            SELECT 1 FROM pg_trigger WHERE tgname = 'orders_soft_delete_only'
+            AND tgenabled <> 'D')
+        """,
+    ),
+)
+
+
+async def verify(conn: asyncpg.Connection, limit: int = 100) -> list[Violation]:
+    """Every violation found (at most ``limit`` per check), in one snapshot."""
+    out: list[Violation] = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for invariant, name, sql in CHECKS:
+            for row in await conn.fetch(f"{sql} LIMIT {int(limit)}"):
+                out.append(Violation(invariant, name, _jsonable(dict(row.items()))))
+    return out
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, str, bool, type(None))) else str(v)) for k, v in row.items()}

@@ -1,0 +1,1 @@
+"""PostgreSQL: connection pool, migrations and the repositories that own each table."""

@@ -1,0 +1,78 @@
+"""The PostgreSQL pool and the transaction runner that every use case goes through."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from stockguard.logging import get_logger
+
+__all__ = ["RETRYABLE", "connect_pool", "is_retryable"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+# Errors after which the whole transaction is simply run again.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RETRYABLE)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    statement_timeout_ms: int = 10_000,
+    lock_timeout_ms: int = 5_000,
+) -> asyncpg.Pool:
+    settings = {
+        "statement_timeout": str(statement_timeout_ms),
+        "lock_timeout": str(lock_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+        "application_name": "stockguard",
+        "timezone": "UTC",
+    }
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings=settings,
+    )
+    return pool
+
+
+async def backoff(attempt: int) -> None:
+    await asyncio.sleep(min(0.2, 0.005 * 2**attempt) * random.random())
+
+
+async def retrying(fn: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
+    """Run ``fn`` again after a deadlock or serialization failure (never seen by clients)."""
+    for attempt in range(attempts):
+        try:
+            return await fn()
+        except RETRYABLE as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("transaction_retry", attempt=attempt + 1, error=type(exc).__name__)
+            await backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def record_to_dict(record: asyncpg.Record) -> dict[str, Any]:
+    return dict(record.items())
