@@ -2,7 +2,7 @@
 """Bootstrap for the two quick-start commands.
 
     python3 dev.py serve [stockguard serve options]   run the service
-    python3 dev.py test  [pytest options]             ruff, mypy --strict, the test suite with coverage
+    python3 dev.py test  [pytest options]   ruff, mypy --strict, tests with coverage, bench smoke
 
 Creates ./.venv on first use (and again whenever pyproject.toml changes) and installs
 stockguard with its development tools into it; needs only Python 3.11+.
@@ -47,7 +47,10 @@ def ensure_venv() -> None:
 
 def serve(args: list[str]) -> None:
     ensure_venv()
-    os.execv(str(PYTHON), [str(PYTHON), "-m", "stockguard", "serve", *args])
+    os.execv(
+        str(PYTHON),
+        [str(PYTHON), "-m", "stockguard", "serve", *args],
+    )
 
 
 def test(args: list[str]) -> None:

@@ -45,9 +45,7 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_backends(
-    fn: Callable[[Backends], Awaitable[T]], *, migrate: bool = True
-) -> T:
+def _with_backends(fn: Callable[[Backends], Awaitable[T]], *, migrate: bool = True) -> T:
     settings = _settings()
     endpoints = resolve_endpoints(settings)
 
@@ -217,8 +215,7 @@ def reconcile(
     if report.drifted:
         console.print(table)
     console.print(
-        f"checked {report.checked} SKUs, {len(report.drifted)} drifted, "
-        f"{report.repaired} repaired"
+        f"checked {report.checked} SKUs, {len(report.drifted)} drifted, {report.repaired} repaired"
     )
     if report.drifted and not repair:
         raise typer.Exit(1)

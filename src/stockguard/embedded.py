@@ -30,7 +30,7 @@ def start_postgres(data_dir: Path, database: str = "stockguard") -> tuple[str, A
 
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata)
+    server = pgserver.get_server(pgdata)  # type: ignore[attr-defined]
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "1 row" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
@@ -103,7 +103,11 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
         "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
         "--dir", str(rdir), "--logfile", str(rdir / "redis.log"),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while not _answers(port):
         if proc.poll() is not None or time.monotonic() > deadline:

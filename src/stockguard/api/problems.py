@@ -63,7 +63,8 @@ def install_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = _validation_errors(exc)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        where = ".".join(first["loc"])
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
         return problem(422, "validation_error", "Invalid request", detail, errors=errors)
 
     async def on_http(_request: Request, exc: Exception) -> Response:

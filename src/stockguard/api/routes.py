@@ -228,9 +228,7 @@ async def get_availability(
         _path(s, SKU_PATTERN, "sku")
     items = await catalogue.availability(b, sku, channel)
     return {
-        "items": [
-            {"sku": a.sku, "available": a.available, "locations": a.locations} for a in items
-        ]
+        "items": [{"sku": a.sku, "available": a.available, "locations": a.locations} for a in items]
     }
 
 

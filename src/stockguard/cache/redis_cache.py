@@ -21,6 +21,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from stockguard.store.db import Conn
+
 __all__ = ["RedisCache", "SkuAvailability", "load_availability", "stamp_and_load"]
 
 _WRITE_LUA = """
@@ -50,9 +52,7 @@ class SkuAvailability:
         return sum(self.locations.values())
 
 
-async def load_availability(
-    conn: asyncpg.Connection, skus: Sequence[str]
-) -> dict[str, SkuAvailability]:
+async def load_availability(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAvailability]:
     """PostgreSQL's availability for these SKUs (active locations only), with versions."""
     rows = await conn.fetch(
         """
@@ -65,9 +65,7 @@ async def load_availability(
     return _fold(skus, rows)
 
 
-async def stamp_and_load(
-    conn: asyncpg.Connection, skus: Sequence[str]
-) -> dict[str, SkuAvailability]:
+async def stamp_and_load(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAvailability]:
     """Give these SKUs' levels a new cache version and return their availability.
 
     Call only while holding the locks on every level of these SKUs: then every earlier

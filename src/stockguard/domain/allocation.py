@@ -40,9 +40,7 @@ class Allocation:
     quantity: int
 
 
-def rank_candidates(
-    candidates: Iterable[Candidate], preferred: Sequence[str] = ()
-) -> list[str]:
+def rank_candidates(candidates: Iterable[Candidate], preferred: Sequence[str] = ()) -> list[str]:
     """Location codes in the order they are tried."""
     pref_rank = {code: i for i, code in enumerate(dict.fromkeys(preferred))}
     big = len(pref_rank)

@@ -8,17 +8,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from stockguard.domain.errors import (
     InsufficientStock,
     NotFound,
     StaleQuantity,
     ValidationFailed,
 )
-from stockguard.domain.model import ADJUSTMENT_REASONS, MovementReason
+from stockguard.domain.model import ADJUSTMENT_REASONS
 from stockguard.metrics import AVAILABILITY_READS
 from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
+from stockguard.store.db import Conn
 from stockguard.store.levels import Delta
 
 __all__ = [
@@ -104,9 +103,7 @@ async def put_location(
     return await run(backends, actor, body, operation="put_location")
 
 
-async def list_locations(
-    backends: Backends, limit: int, after: str | None
-) -> list[dict[str, Any]]:
+async def list_locations(backends: Backends, limit: int, after: str | None) -> list[dict[str, Any]]:
     rows = await backends.pool.fetch(
         "SELECT code, name, priority, active, created_at, updated_at FROM locations "
         "WHERE $1::text IS NULL OR code > $1 ORDER BY code LIMIT $2",
@@ -156,7 +153,7 @@ async def put_channel(
     return await run(backends, actor, body, operation="put_channel")
 
 
-async def _channel(conn: asyncpg.Connection, code: str) -> dict[str, Any] | None:
+async def _channel(conn: Conn, code: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         "SELECT code, name, created_at, updated_at, ARRAY(SELECT location FROM channel_locations "
         "WHERE channel = $1 ORDER BY priority) AS locations FROM channels WHERE code = $1",
@@ -188,7 +185,7 @@ async def put_sku(backends: Backends, code: str, name: str) -> tuple[SkuView, bo
     return views[0], bool(created)
 
 
-async def _sku_views(conn: asyncpg.Connection, codes: Sequence[str]) -> list[SkuView]:
+async def _sku_views(conn: Conn, codes: Sequence[str]) -> list[SkuView]:
     rows = await conn.fetch(
         """
         SELECT s.code, s.name, l.location, l.on_hand, l.reserved, loc.active

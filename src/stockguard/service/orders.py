@@ -40,6 +40,7 @@ from stockguard.domain.model import (
 )
 from stockguard.metrics import OUT_OF_STOCK, RESTORED_UNITS
 from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.store.db import Conn
 from stockguard.store.levels import Delta, LevelRow
 from stockguard.store.orders import (
     LogEntry,
@@ -116,9 +117,7 @@ class _Decision:
     error: StockguardError | None = None
 
 
-async def _channel_links(
-    conn: asyncpg.Connection, channels: set[str]
-) -> dict[str, dict[str, int]]:
+async def _channel_links(conn: Conn, channels: set[str]) -> dict[str, dict[str, int]]:
     """channel -> {location: priority}; raises for an unknown channel."""
     if not channels:
         return {}
@@ -393,7 +392,7 @@ def _new_order(req: PlaceOrder, now: datetime, held: list[ReservationRecord]) ->
     )
 
 
-async def _fresh(conn: asyncpg.Connection, order_id: str) -> OrderRecord:
+async def _fresh(conn: Conn, order_id: str) -> OrderRecord:
     found = await load_order(conn, order_id)
     assert found is not None
     return found
@@ -548,9 +547,7 @@ async def delete_order(backends: Backends, order_id: str, actor: str) -> None:
 
 async def _fulfil(uow: UnitOfWork, order: OrderRecord) -> None:
     held = order.held_by_line()
-    committed = {
-        r.line_no for r in order.reservations if r.status == ReservationStatus.COMMITTED
-    }
+    committed = {r.line_no for r in order.reservations if r.status == ReservationStatus.COMMITTED}
     uncommitted = [r for r in order.reservations if r.status == ReservationStatus.RESERVED]
     short = [n for n, _, q in order.lines if held.get(n, 0) < q]
     if uncommitted or short or not committed:
@@ -621,9 +618,7 @@ async def rereserve_missing(uow: UnitOfWork, order: OrderRecord) -> OutOfStock |
     """Reserve again what the order's lines no longer hold (expired or released), all or
     nothing. Returns the new reservation ids, or the shortage."""
     held = order.held_by_line()
-    missing = [
-        Line(n, sku, q - held.get(n, 0)) for n, sku, q in order.lines if held.get(n, 0) < q
-    ]
+    missing = [Line(n, sku, q - held.get(n, 0)) for n, sku, q in order.lines if held.get(n, 0) < q]
     if not missing:
         return []
     links = await _channel_links(uow.conn, {order.channel} if order.channel else set())
@@ -659,9 +654,8 @@ async def commit_reserved(uow: UnitOfWork, order: OrderRecord) -> list[int]:
 
 
 def _amount_mismatch(order: OrderRecord, proof: PaymentProof) -> str | None:
-    if order.total_amount is not None and proof.amount is not None:
-        if proof.amount != order.total_amount:
-            return f"paid {proof.amount}, order total is {order.total_amount}"
+    if order.total_amount is not None and proof.amount not in (None, order.total_amount):
+        return f"paid {proof.amount}, order total is {order.total_amount}"
     if order.currency and proof.currency and proof.currency.upper() != order.currency:
         return f"paid in {proof.currency.upper()}, order currency is {order.currency}"
     return None

@@ -23,7 +23,7 @@ from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable
 from stockguard.logging import get_logger
 from stockguard.metrics import CACHE_SYNC_FAILURES, COMPENSATION_FAILED, OPERATION_SECONDS
-from stockguard.store.db import retrying
+from stockguard.store.db import Conn, retrying
 from stockguard.store.levels import LevelWriter
 
 __all__ = ["Backends", "UnitOfWork", "mark_dirty", "repair_cache", "run"]
@@ -46,12 +46,12 @@ class Backends:
 
 @dataclass
 class UnitOfWork:
-    conn: asyncpg.Connection
+    conn: Conn
     levels: LevelWriter
     actor: str
 
 
-async def mark_dirty(conn: asyncpg.Connection, skus: Sequence[str]) -> None:
+async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
     await conn.execute(
         "INSERT INTO cache_dirty (sku) SELECT unnest($1::text[]) "
         "ON CONFLICT (sku) DO UPDATE SET marked_at = now()",
@@ -59,7 +59,7 @@ async def mark_dirty(conn: asyncpg.Connection, skus: Sequence[str]) -> None:
     )
 
 
-async def _write_cache(backends: Backends, conn: asyncpg.Connection, skus: list[str]) -> None:
+async def _write_cache(backends: Backends, conn: Conn, skus: list[str]) -> None:
     assert backends.cache is not None
     states = await stamp_and_load(conn, skus)
     await asyncio.wait_for(backends.cache.write(states.values()), backends.redis_timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
+from stockguard.store.db import Conn
 
 __all__ = ["CHECKS", "Violation", "verify"]
 
@@ -126,7 +126,7 @@ CHECKS: tuple[tuple[int, str, str], ...] = (
 )
 
 
-async def verify(conn: asyncpg.Connection, limit: int = 100) -> list[Violation]:
+async def verify(conn: Conn, limit: int = 100) -> list[Violation]:
     """Every violation found (at most ``limit`` per check), in one snapshot."""
     out: list[Violation] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -137,4 +137,6 @@ async def verify(conn: asyncpg.Connection, limit: int = 100) -> list[Violation]:
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, str, bool, type(None))) else str(v)) for k, v in row.items()}
+    return {
+        k: (v if isinstance(v, (int, str, bool, type(None))) else str(v)) for k, v in row.items()
+    }

@@ -6,13 +6,21 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A connection of our own or one borrowed from the pool.
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:
+    Conn = Any
+
 from stockguard.logging import get_logger
 
-__all__ = ["RETRYABLE", "connect_pool", "is_retryable"]
+__all__ = ["RETRYABLE", "Conn", "connect_pool", "is_retryable"]
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -10,6 +10,8 @@ from datetime import datetime
 
 import asyncpg
 
+from stockguard.store.db import Conn
+
 __all__ = ["ApiKey", "authenticate", "create_key", "hash_key", "list_keys", "revoke_key"]
 
 ROLES = ("admin", "service")
@@ -41,7 +43,7 @@ def _key(row: asyncpg.Record) -> ApiKey:
 
 
 async def create_key(
-    conn: asyncpg.Connection, role: str, name: str, key: str | None = None
+    conn: Conn, role: str, name: str, key: str | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key (random unless given); returns it with the clear key, shown only now."""
     if role not in ROLES:
@@ -60,7 +62,7 @@ async def create_key(
     return _key(row), clear
 
 
-async def authenticate(conn: asyncpg.Connection, key: str) -> ApiKey | None:
+async def authenticate(conn: Conn, key: str) -> ApiKey | None:
     digest = hash_key(key)
     row = await conn.fetchrow(
         "SELECT id, name, role, created_at, revoked_at, key_prefix, key_hash FROM api_keys "
@@ -72,7 +74,7 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> ApiKey | None:
     return _key(row)
 
 
-async def list_keys(conn: asyncpg.Connection, limit: int, after: str | None) -> list[ApiKey]:
+async def list_keys(conn: Conn, limit: int, after: str | None) -> list[ApiKey]:
     rows = await conn.fetch(
         "SELECT id, name, role, created_at, revoked_at, key_prefix FROM api_keys "
         "WHERE $1::uuid IS NULL OR id > $1::uuid ORDER BY id LIMIT $2",
@@ -82,7 +84,7 @@ async def list_keys(conn: asyncpg.Connection, limit: int, after: str | None) -> 
     return [_key(r) for r in rows]
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
+async def revoke_key(conn: Conn, key_id: str) -> bool:
     result: str = await conn.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid AND revoked_at IS NULL",
         key_id,

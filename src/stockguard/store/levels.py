@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import asyncpg
+from stockguard.store.db import Conn
 
-__all__ = ["Delta", "LevelRow", "LevelWriter", "LevelGuardViolated"]
+__all__ = ["Delta", "LevelGuardViolated", "LevelRow", "LevelWriter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,8 @@ UPDATE inventory_levels l
 SET on_hand = l.on_hand + d.on_hand,
     reserved = l.reserved + d.reserved,
     updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS d(sku, location, on_hand, reserved)
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+     AS d(sku, location, on_hand, reserved)
 WHERE l.sku = d.sku AND l.location = d.location
   AND l.reserved + d.reserved >= 0
   AND l.on_hand + d.on_hand >= l.reserved + d.reserved
@@ -85,7 +86,7 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::
 class LevelWriter:
     """Level changes of one transaction. Lock first, then apply."""
 
-    def __init__(self, conn: asyncpg.Connection, actor: str) -> None:
+    def __init__(self, conn: Conn, actor: str) -> None:
         self.conn = conn
         self.actor = actor
         self.touched: set[str] = set()
@@ -112,8 +113,7 @@ class LevelWriter:
     async def ensure(self, sku: str, location: str) -> None:
         """Create an empty level (nothing to record in the ledger: all zeros)."""
         await self.conn.execute(
-            "INSERT INTO inventory_levels (sku, location) VALUES ($1, $2) "
-            "ON CONFLICT DO NOTHING",
+            "INSERT INTO inventory_levels (sku, location) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             sku,
             location,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus
+from stockguard.store.db import Conn
 
 __all__ = [
     "LogEntry",
@@ -89,12 +89,14 @@ def _order(row: asyncpg.Record) -> OrderRecord:
 
 
 async def load_order(
-    conn: asyncpg.Connection, order_id: str, *, lock: bool = False, skip_locked: bool = False
+    conn: Conn, order_id: str, *, lock: bool = False, skip_locked: bool = False
 ) -> OrderRecord | None:
     """The order with its lines and reservations; ``lock`` takes the order's row lock,
     which every use case on one order takes first (before any level lock)."""
     suffix = " FOR UPDATE SKIP LOCKED" if skip_locked else (" FOR UPDATE" if lock else "")
-    row = await conn.fetchrow(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1{suffix}", order_id)
+    row = await conn.fetchrow(
+        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1{suffix}", order_id
+    )
     if row is None:
         return None
     orders = [_order(row)]
@@ -102,13 +104,13 @@ async def load_order(
     return orders[0]
 
 
-async def load_orders(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[OrderRecord]:
+async def load_orders(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[OrderRecord]:
     orders = [_order(r) for r in rows]
     await _attach(conn, orders)
     return orders
 
 
-async def _attach(conn: asyncpg.Connection, orders: list[OrderRecord]) -> None:
+async def _attach(conn: Conn, orders: list[OrderRecord]) -> None:
     if not orders:
         return
     by_id = {o.id: o for o in orders}
@@ -146,7 +148,7 @@ class LogEntry:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-async def insert_logs(conn: asyncpg.Connection, actor: str, entries: Sequence[LogEntry]) -> list[int]:
+async def insert_logs(conn: Conn, actor: str, entries: Sequence[LogEntry]) -> list[int]:
     """Append to ``order_inventory_logs``; returns the new ids in order."""
     if not entries:
         return []
@@ -154,8 +156,9 @@ async def insert_logs(conn: asyncpg.Connection, actor: str, entries: Sequence[Lo
         """
         INSERT INTO order_inventory_logs (order_id, actor, reservation_ids, action, error_reason,
                                           context)
-        SELECT e.order_id, $6, ARRAY(SELECT jsonb_array_elements_text(e.ids::jsonb)::bigint), e.action,
-               e.error_reason, e.context
+        SELECT e.order_id, $6,
+               ARRAY(SELECT jsonb_array_elements_text(e.ids::jsonb)::bigint),
+               e.action, e.error_reason, e.context
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
              WITH ORDINALITY AS e(order_id, ids, action, error_reason, context, n)
         ORDER BY e.n

@@ -1,0 +1,58 @@
+"""Assertions shared by the tests: levels, ledger, logs, invariants, cache parity."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from stockguard.service.uow import Backends
+
+
+async def level(pool: asyncpg.Pool, sku: str, location: str) -> tuple[int, int]:
+    row = await pool.fetchrow(
+        "SELECT on_hand, reserved FROM inventory_levels WHERE sku = $1 AND location = $2",
+        sku,
+        location,
+    )
+    assert row is not None
+    return int(row["on_hand"]), int(row["reserved"])
+
+
+async def ledger(pool: asyncpg.Pool, sku: str, location: str) -> tuple[int, int]:
+    row = await pool.fetchrow(
+        "SELECT coalesce(sum(on_hand_delta), 0) AS o, coalesce(sum(reserved_delta), 0) AS r "
+        "FROM stock_movements WHERE sku = $1 AND location = $2",
+        sku,
+        location,
+    )
+    assert row is not None
+    return int(row["o"]), int(row["r"])
+
+
+async def log_actions(pool: asyncpg.Pool, order_id: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT action FROM order_inventory_logs WHERE order_id = $1 ORDER BY id", order_id
+    )
+    return [r["action"] for r in rows]
+
+
+async def assert_invariants(pool: asyncpg.Pool) -> None:
+    """Every invariant check of ``stockguard verify`` holds over the whole database."""
+    from stockguard.service.verify import verify
+
+    async with pool.acquire() as conn:
+        found = await verify(conn)
+    assert found == [], found
+
+
+async def assert_cache_parity(backends: Backends, skus: list[str]) -> None:
+    """Redis holds exactly PostgreSQL's availability for these SKUs (invariant 8)."""
+    from stockguard.cache.redis_cache import load_availability
+
+    assert backends.cache is not None
+    async with backends.pool.acquire() as conn:
+        pg = await load_availability(conn, skus)
+    cached = await backends.cache.read(skus)
+    for sku in skus:
+        hit = cached[sku]
+        assert hit is not None, f"{sku} missing in Redis"
+        assert hit == (pg[sku].total, pg[sku].locations), (sku, hit, pg[sku])
