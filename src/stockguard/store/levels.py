@@ -111,12 +111,15 @@ class LevelWriter:
         }
 
     async def ensure(self, sku: str, location: str) -> None:
-        """Create an empty level (nothing to record in the ledger: all zeros)."""
-        await self.conn.execute(
+        """Create an empty level (nothing to record in the ledger: all zeros). A new level
+        is a new entry in the SKU's cached locations, so the SKU counts as touched."""
+        created = await self.conn.execute(
             "INSERT INTO inventory_levels (sku, location) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             sku,
             location,
         )
+        if created.endswith(" 1"):
+            self.touched.add(sku)
 
     async def apply(self, deltas: Sequence[Delta]) -> None:
         """Apply deltas to levels this transaction has locked, and write the ledger.
