@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
 
-from stockguard.domain.errors import NotFound, OutOfStock, StockguardError
+from stockguard.domain.errors import InvalidTransition, NotFound, OutOfStock, StockguardError
 from stockguard.domain.model import OrderStatus
 from stockguard.service import orders
 from stockguard.service.expiry import expire_order
@@ -58,10 +59,8 @@ async def test_last_unit_fifty_buyers_exactly_one_wins(
         await stock({sku: {loc: 1}})
         results = await race(
             *(
-                (
-                    lambda i=i: orders.place_order(
-                        backends, PlaceOrder(f"o{uid}{n}-{i}", ((sku, 1),)), "t"
-                    )
+                partial(
+                    orders.place_order, backends, PlaceOrder(f"o{uid}{n}-{i}", ((sku, 1),)), "t"
                 )
                 for i in range(50)
             )
@@ -105,9 +104,7 @@ async def test_fifty_concurrent_cancels_restore_once(
         await orders.place_order(backends, PlaceOrder(oid, ((sku, 3),)), "t")
         if n % 2:  # paid orders restore committed stock the same way
             await orders.pay_order(backends, oid, PaymentProof("manual", f"p{oid}"), "t")
-        results = await race(
-            *((lambda: orders.cancel_order(backends, oid, "t")) for _ in range(50))
-        )
+        results = await race(*(partial(orders.cancel_order, backends, oid, "t") for _ in range(50)))
         assert _unexpected(results, ()) == []
         assert all(
             r.status == OrderStatus.CANCELLED for r in results if not isinstance(r, BaseException)
@@ -125,8 +122,8 @@ async def test_cancel_racing_delete_restores_once(
         await stock({sku: {loc: 5}})
         await orders.place_order(backends, PlaceOrder(oid, ((sku, 3),)), "t")
         contenders: list[Callable[[], Awaitable[object]]] = [
-            lambda: orders.cancel_order(backends, oid, "t"),
-            lambda: orders.delete_order(backends, oid, "t"),
+            partial(orders.cancel_order, backends, oid, "t"),
+            partial(orders.delete_order, backends, oid, "t"),
         ] * 5
         results = await race(*contenders)
         # A cancel that comes after the delete finds no order: that is its only refusal.
@@ -149,8 +146,8 @@ async def test_cancel_racing_expiry_restores_once(
             oid,
         )
         contenders: list[Callable[[], Awaitable[object]]] = [
-            lambda: orders.cancel_order(backends, oid, "t"),
-            lambda: expire_order(backends, oid),
+            partial(orders.cancel_order, backends, oid, "t"),
+            partial(expire_order, backends, oid),
         ] * 5
         results = await race(*contenders)
         assert _unexpected(results, ()) == []
@@ -172,9 +169,7 @@ async def test_opposite_line_order_no_deadlock_all_or_nothing(
             if i % 2:
                 lines.reverse()
             requests.append(PlaceOrder(f"o{uid}{n}-{i}", tuple(lines[: rng.randint(2, 3)])))
-        results = await race(
-            *((lambda r=r: orders.place_order(backends, r, "t")) for r in requests)
-        )
+        results = await race(*(partial(orders.place_order, backends, r, "t") for r in requests))
         # Deadlocks are impossible by lock order and retried if they happen: never seen here.
         assert _unexpected(results, (OutOfStock,)) == []
         placed = [r for r in results if isinstance(r, orders.Placed)]
@@ -207,11 +202,9 @@ async def test_concurrent_pay_and_cancel_never_commit_released_stock(
         await stock({sku: {loc: 5}})
         await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
         results = await race(
-            lambda: orders.pay_order(backends, oid, PaymentProof("manual", f"p{oid}"), "t"),
-            lambda: orders.cancel_order(backends, oid, "t"),
+            partial(orders.pay_order, backends, oid, PaymentProof("manual", f"p{oid}"), "t"),
+            partial(orders.cancel_order, backends, oid, "t"),
         )
-        from stockguard.domain.errors import InvalidTransition
-
         assert _unexpected(results, (InvalidTransition,)) == []
         final = await orders.get_order(backends, oid)
         assert final.status == OrderStatus.CANCELLED
