@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import asyncpg
 
 from stockguard.service.uow import Backends
@@ -56,3 +60,17 @@ async def assert_cache_parity(backends: Backends, skus: list[str]) -> None:
         hit = cached[sku]
         assert hit is not None, f"{sku} missing in Redis"
         assert hit == (pg[sku].total, pg[sku].locations), (sku, hit, pg[sku])
+
+
+T = TypeVar("T")
+
+
+async def race(*contenders: Callable[[], Awaitable[T]]) -> list[T | BaseException]:
+    """Run the contenders at once: each waits at a barrier until all are ready."""
+    barrier = asyncio.Barrier(len(contenders))
+
+    async def go(fn: Callable[[], Awaitable[T]]) -> T:
+        await barrier.wait()
+        return await fn()
+
+    return await asyncio.gather(*(go(fn) for fn in contenders), return_exceptions=True)

@@ -4,7 +4,6 @@ invariants (units conserved, restored once), not merely "no crash"."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -19,23 +18,19 @@ from stockguard.service.expiry import expire_order
 from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.uow import Backends
 from tests.conftest import Stocker
-from tests.helpers import assert_cache_parity, assert_invariants, ledger, level, log_actions
+from tests.helpers import (
+    assert_cache_parity,
+    assert_invariants,
+    ledger,
+    level,
+    log_actions,
+    race,
+)
 
 pytestmark = pytest.mark.race
 
 REPEAT = 20
 T = TypeVar("T")
-
-
-async def race(*contenders: Callable[[], Awaitable[T]]) -> list[T | BaseException]:
-    """Run the contenders at once: each waits at a barrier until all are ready."""
-    barrier = asyncio.Barrier(len(contenders))
-
-    async def go(fn: Callable[[], Awaitable[T]]) -> T:
-        await barrier.wait()
-        return await fn()
-
-    return await asyncio.gather(*(go(fn) for fn in contenders), return_exceptions=True)
 
 
 @pytest.fixture(autouse=True)

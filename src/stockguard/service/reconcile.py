@@ -64,7 +64,7 @@ async def reconcile(
     if backends.cache is None:
         return report
     if repair:
-        await repair_dirty(backends)
+        report.repaired += await repair_dirty(backends)
     if skus is not None:
         for i in range(0, len(skus), batch):
             await _check(backends, list(skus[i : i + batch]), repair, report)
