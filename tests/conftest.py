@@ -106,7 +106,7 @@ async def redis_client(servers: Servers) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture(scope="session")
 async def pool(migrated: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await connect_pool(migrated, min_size=2, max_size=70)
+    p = await connect_pool(migrated, min_size=2, max_size=55)
     yield p
     await p.close()
 

@@ -37,7 +37,7 @@ T = TypeVar("T")
 async def warm_pool(backends: Backends) -> None:
     """Open the connections up front so the contenders start their transactions together
     instead of queueing behind connection set-up."""
-    conns = [await backends.pool.acquire() for _ in range(60)]
+    conns = [await backends.pool.acquire() for _ in range(50)]
     for c in conns:
         await backends.pool.release(c)
 

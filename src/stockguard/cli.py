@@ -16,10 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stockguard.config import Settings
+from stockguard.domain.errors import StockguardError
 from stockguard.logging import configure_logging, get_logger
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
 from stockguard.service.uow import Backends
 from stockguard.store.migrate import upgrade
+from stockguard.store.orders import OrderRecord
 
 __all__ = ["app", "main"]
 
@@ -37,6 +39,12 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+orders_app = typer.Typer(
+    help="Orders that need an operator: needs-review, paid-uncommitted, logs, recover, "
+    "resolve (docs/RUNBOOK.md).",
+    no_args_is_help=True,
+)
+app.add_typer(orders_app, name="orders")
 
 
 def _settings() -> Settings:
@@ -219,6 +227,121 @@ def reconcile(
     )
     if report.drifted and not repair:
         raise typer.Exit(1)
+
+
+def _orders_table(title: str, found: list[OrderRecord]) -> Table:
+    table = Table(title=title)
+    for column in ("order", "status", "payment", "lines", "reservations", "updated"):
+        table.add_column(column)
+    for o in found:
+        table.add_row(
+            o.id,
+            o.status.value,
+            f"{o.payment_provider}:{o.payment_id}" if o.payment_id else "-",
+            ", ".join(f"{sku}x{q}" for _, sku, q in o.lines),
+            ", ".join(f"{r.id}:{r.sku}@{r.location}x{r.quantity}={r.status.value}"
+                      for r in o.reservations),
+            str(o.updated_at)[:19],
+        )  # fmt: skip
+    return table
+
+
+@orders_app.command("needs-review")
+def orders_needs_review(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many")] = 100,
+) -> None:
+    """Orders in needs_review, oldest first."""
+    from stockguard.service.recovery import list_needs_review
+
+    found = _with_backends(lambda b: list_needs_review(b, limit))
+    console.print(_orders_table(f"needs_review: {len(found)} order(s)", found))
+
+
+@orders_app.command("paid-uncommitted")
+def orders_paid_uncommitted(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many")] = 100,
+) -> None:
+    """Paid orders with reservations still reserved, or none committed."""
+    from stockguard.service.recovery import list_paid_uncommitted
+
+    found = _with_backends(lambda b: list_paid_uncommitted(b, limit))
+    console.print(_orders_table(f"paid, stock uncommitted: {len(found)} order(s)", found))
+
+
+@orders_app.command("logs")
+def orders_logs(order_id: Annotated[str, typer.Argument(help="the order's id")]) -> None:
+    """The order's inventory log (order_inventory_logs), oldest first."""
+
+    async def run(backends: Backends) -> list[dict[str, object]]:
+        rows = await backends.pool.fetch(
+            "SELECT id, created_at, actor, action, reservation_ids, error_reason, context "
+            "FROM order_inventory_logs WHERE order_id = $1 ORDER BY id",
+            order_id,
+        )
+        return [dict(r.items()) for r in rows]
+
+    rows = _with_backends(run)
+    table = Table(title=f"inventory log of {order_id}")
+    for column in ("id", "at", "actor", "action", "reservations", "error", "context"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["id"]), str(r["created_at"])[:19], str(r["actor"]), str(r["action"]),
+            ",".join(str(i) for i in r["reservation_ids"]),  # type: ignore[attr-defined]
+            str(r["error_reason"] or ""), json.dumps(r["context"]),
+        )  # fmt: skip
+    console.print(table)
+    if not rows:
+        err.print(f"no log entries for order {order_id}")
+        raise typer.Exit(1)
+
+
+@orders_app.command("recover")
+def orders_recover(order_id: Annotated[str, typer.Argument(help="the order's id")]) -> None:
+    """Commit a paid order's reserved stock and reserve again what expired (never releases
+    stock). Exit 0 on success or already committed, 1 otherwise."""
+    from stockguard.service.recovery import Outcome, recover_order
+
+    async def run(backends: Backends) -> tuple[str, str | None, int | None]:
+        result = await recover_order(backends, order_id, "cli:operator")
+        assert result is not None
+        status = result.order.status.value if result.order else None
+        return result.outcome.value, status, result.log_id
+
+    try:
+        outcome, status, log_id = _with_backends(run)
+    except StockguardError as exc:
+        err.print(f"[red]{exc.code}[/red]: {exc.detail}")
+        raise typer.Exit(1) from exc
+    console.print(f"outcome: {outcome}  status: {status}  log id: {log_id}")
+    if outcome not in (Outcome.SUCCESS, Outcome.SKIPPED_ALREADY_COMMITTED):
+        raise typer.Exit(1)
+
+
+class ResolveTo(StrEnum):
+    paid = "paid"
+    processing = "processing"
+
+
+@orders_app.command("resolve")
+def orders_resolve(
+    order_id: Annotated[str, typer.Argument(help="the order's id")],
+    to: Annotated[ResolveTo, typer.Option("--to", help="paid or processing")],
+    note: Annotated[str | None, typer.Option(help="why, for the log")] = None,
+) -> None:
+    """Close a review: set the order to paid or processing, only when every reservation
+    is committed."""
+    from stockguard.domain.model import OrderStatus
+    from stockguard.service.recovery import resolve_order
+
+    try:
+        order = _with_backends(
+            lambda b: resolve_order(b, order_id, OrderStatus(to.value), "cli:operator", note)
+        )
+    except StockguardError as exc:
+        err.print(f"[red]{exc.code}[/red]: {exc.detail}")
+        raise typer.Exit(1) from exc
+    console.print(f"order {order.id} is now {order.status.value}")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from stockguard import __version__
+from stockguard.api import recovery, webhooks
 from stockguard.api.middleware import BodyLimit, Idempotency
 from stockguard.api.problems import install_handlers
 from stockguard.api.routes import router
@@ -51,8 +52,11 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     )
     if backends is not None:
         app.state.backends = backends
+    app.state.settings = settings
     install_handlers(app)
+    app.include_router(recovery.router)  # before routes: its paths are more specific
     app.include_router(router)
+    app.include_router(webhooks.router)
 
     def pool() -> asyncpg.Pool:
         b: Backends = app.state.backends

@@ -11,6 +11,7 @@ stock can be restored at most once however many cancels, deletes or expiries rac
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from stockguard.domain.model import (
     ReservationStatus,
     check_patch_transition,
 )
+from stockguard.logging import get_logger
 from stockguard.metrics import OUT_OF_STOCK, RESTORED_UNITS
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.db import Conn
@@ -58,11 +60,16 @@ __all__ = [
     "delete_order",
     "get_order",
     "order_hash",
+    "pay",
     "pay_order",
     "place_order",
     "place_orders",
+    "record_payment",
     "set_status",
 ]
+
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,86 +668,143 @@ def _amount_mismatch(order: OrderRecord, proof: PaymentProof) -> str | None:
     return None
 
 
+async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecord:
+    """Record payment proof and commit the order's stock, inside the caller's transaction.
+
+    Idempotent per payment id. A different payment id for an order already paid is a
+    possible double charge: ``needs_review`` with ``INCONSISTENCY_DETECTED``. Expired lines
+    (late payment) are reserved again first, all or nothing; when that is impossible the
+    order goes to ``needs_review`` with ``RECOVERY_FAILED`` and nothing is released.
+    """
+    order = await _locked(uow, order_id)
+    if order.payment_id is not None:
+        if (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id):
+            return order
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.INCONSISTENCY_DETECTED,
+                    error_reason="SECOND_PAYMENT",
+                    context={
+                        "detail": "a different payment for an order already paid: "
+                        "possible double charge",
+                        "recorded": [order.payment_provider, order.payment_id],
+                        "received": [proof.provider, proof.payment_id],
+                    },
+                )
+            ],
+        )
+        if order.status == OrderStatus.PAID:
+            await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+        return await _fresh(uow.conn, order_id)
+    if order.status != OrderStatus.PENDING:
+        raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
+    await record_payment(uow, order.id, proof)
+    mismatch = _amount_mismatch(order, proof)
+    if mismatch:
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.INCONSISTENCY_DETECTED,
+                    error_reason="AMOUNT_MISMATCH",
+                    context={"detail": mismatch},
+                )
+            ],
+        )
+        await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+        return await _fresh(uow.conn, order_id)
+    rereserved = await rereserve_missing(uow, order)
+    if isinstance(rereserved, OutOfStock):
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.RECOVERY_FAILED,
+                    [r.id for r in order.reservations if r.status == ReservationStatus.RESERVED],
+                    error_reason="RESERVATION_EXPIRED_OR_NOT_FOUND",
+                    context={
+                        "detail": "late payment: expired lines could not be reserved again",
+                        "shortages": rereserved.extra["shortages"],
+                    },
+                )
+            ],
+        )
+        await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+        return await _fresh(uow.conn, order_id)
+    await commit_reserved(uow, order)
+    await _set_order_status(uow, order, OrderStatus.PAID)
+    return await _fresh(uow.conn, order_id)
+
+
+async def record_payment(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> None:
+    await uow.conn.execute(
+        "UPDATE orders SET payment_provider = $2, payment_id = $3, payment_amount = $4, "
+        "payment_currency = $5, paid_at = now(), updated_at = now() WHERE id = $1",
+        order_id,
+        proof.provider,
+        proof.payment_id,
+        proof.amount,
+        proof.currency.upper() if proof.currency else None,
+    )
+
+
 async def pay_order(
     backends: Backends, order_id: str, proof: PaymentProof, actor: str
 ) -> OrderRecord:
-    """Record payment proof and commit the order's stock (idempotent per payment id)."""
+    """Pay in one transaction. If it fails for a reason other than the order's own state
+    (a database error or timeout), the payment is still recorded in a transaction of its
+    own, the order is marked ``paid`` with its stock uncommitted and the failure logged,
+    so the recovery worker commits it later; stock is never released."""
     if not proof.provider or not proof.payment_id:
         raise ValidationFailed("payment proof needs a provider and a payment id")
 
     async def body(uow: UnitOfWork) -> OrderRecord:
-        order = await _locked(uow, order_id)
-        if order.payment_id is not None:
-            if (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id):
-                return order
-            await insert_logs(
-                uow.conn,
-                uow.actor,
-                [
-                    LogEntry(
-                        order.id,
-                        LogAction.INCONSISTENCY_DETECTED,
-                        error_reason="SECOND_PAYMENT",
-                        context={
-                            "detail": "a different payment for an order already paid: "
-                            "possible double charge",
-                            "recorded": [order.payment_provider, order.payment_id],
-                            "received": [proof.provider, proof.payment_id],
-                        },
-                    )
-                ],
-            )
-            if order.status == OrderStatus.PAID:
-                await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
-            return await _fresh(uow.conn, order_id)
-        if order.status != OrderStatus.PENDING:
-            raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
-        await uow.conn.execute(
-            "UPDATE orders SET payment_provider = $2, payment_id = $3, payment_amount = $4, "
-            "payment_currency = $5, paid_at = now(), updated_at = now() WHERE id = $1",
-            order.id,
-            proof.provider,
-            proof.payment_id,
-            proof.amount,
-            proof.currency.upper() if proof.currency else None,
-        )
-        mismatch = _amount_mismatch(order, proof)
-        if mismatch:
-            await insert_logs(
-                uow.conn,
-                uow.actor,
-                [
-                    LogEntry(
-                        order.id,
-                        LogAction.INCONSISTENCY_DETECTED,
-                        error_reason="AMOUNT_MISMATCH",
-                        context={"detail": mismatch},
-                    )
-                ],
-            )
-            await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
-            return await _fresh(uow.conn, order_id)
-        rereserved = await rereserve_missing(uow, order)
-        if isinstance(rereserved, OutOfStock):
-            await insert_logs(
-                uow.conn,
-                uow.actor,
-                [
-                    LogEntry(
-                        order.id,
-                        LogAction.RECOVERY_FAILED,
-                        error_reason="RESERVATION_EXPIRED_OR_NOT_FOUND",
-                        context={
-                            "detail": "late payment: expired lines could not be reserved again",
-                            "shortages": rereserved.extra["shortages"],
-                        },
-                    )
-                ],
-            )
-            await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
-            return await _fresh(uow.conn, order_id)
-        await commit_reserved(uow, order)
-        await _set_order_status(uow, order, OrderStatus.PAID)
-        return await _fresh(uow.conn, order_id)
+        return await pay(uow, order_id, proof)
 
-    return await run(backends, actor, body, operation="pay_order")
+    try:
+        return await run(backends, actor, body, operation="pay_order")
+    except (StockguardError, asyncio.CancelledError):
+        raise
+    except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+        await _record_unpaid_commit(backends, order_id, proof, actor, exc)
+        raise
+
+
+async def _record_unpaid_commit(
+    backends: Backends, order_id: str, proof: PaymentProof, actor: str, exc: BaseException
+) -> None:
+    """The payment happened even though committing its stock failed: keep the proof."""
+    from stockguard.service.failsafe import write_failure_log
+
+    entry = LogEntry(
+        order_id,
+        LogAction.INCONSISTENCY_DETECTED,
+        error_reason=f"COMMIT_FAILED: {type(exc).__name__}",
+        context={
+            "detail": "payment received but its stock could not be committed; "
+            "the recovery worker will commit it",
+            "provider": proof.provider,
+            "payment_id": proof.payment_id,
+        },
+    )
+
+    async def body(uow: UnitOfWork) -> None:
+        order = await _locked(uow, order_id)
+        if order.payment_id is not None or order.status != OrderStatus.PENDING:
+            return
+        await record_payment(uow, order_id, proof)
+        await _set_order_status(uow, order, OrderStatus.PAID)
+
+    try:
+        await run(backends, actor, body, operation="record_payment")
+    except Exception:
+        log.error("payment_not_recorded", order_id=order_id, payment_id=proof.payment_id)
+    await write_failure_log(backends.pool, actor, [entry])

@@ -12,6 +12,7 @@ from stockguard.logging import get_logger
 from stockguard.metrics import WORKER_RUNS
 from stockguard.service.expiry import abandon_stale, expire_due
 from stockguard.service.reconcile import reconcile, repair_dirty
+from stockguard.service.recovery import recover_paid_uncommitted
 from stockguard.service.uow import Backends
 
 __all__ = ["purge_idempotency_keys", "start_workers", "stop_workers"]
@@ -57,8 +58,12 @@ def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[N
     async def housekeeping() -> None:
         await purge_idempotency_keys(backends, settings.idempotency_ttl_seconds)
 
+    async def recovery() -> None:
+        await recover_paid_uncommitted(backends)
+
     loops = [
         _every("expiry", settings.expiry_interval_seconds, expiry),
+        _every("recovery", settings.recovery_interval_seconds, recovery),
         _every("housekeeping", 3600, housekeeping),
     ]
     if backends.cache is not None:

@@ -1,0 +1,73 @@
+"""Admin routes of seed 003: needs-review and paid-uncommitted lists, recovery."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from stockguard.api.schemas import decode_cursor, order_json, page
+from stockguard.domain.errors import Forbidden, ValidationFailed
+from stockguard.service.recovery import list_needs_review, list_paid_uncommitted, recover_order
+from stockguard.service.uow import Backends
+from stockguard.store.keys import ApiKey
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["admin"])
+
+
+async def _admin(request: Request) -> ApiKey:
+    from stockguard.api.routes import principal
+
+    key = await principal(request)
+    if key.role != "admin":
+        raise Forbidden("this needs an admin key")
+    return key
+
+
+def _backends(request: Request) -> Backends:
+    b: Backends = request.app.state.backends
+    return b
+
+
+Admin = Annotated[ApiKey, Depends(_admin)]
+B = Annotated[Backends, Depends(_backends)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+After = Annotated[str | None, Query(max_length=500)]
+
+
+def _after(after: str | None) -> tuple[datetime, str] | None:
+    cursor = decode_cursor(after)
+    if cursor is None:
+        return None
+    try:
+        return datetime.fromisoformat(cursor[0]), str(cursor[1])
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise ValidationFailed("after: not a cursor this API gave out") from exc
+
+
+@router.get("/v1/admin/orders/needs-review")
+async def needs_review(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
+    found = await list_needs_review(b, limit, _after(after))
+    last = [found[-1].created_at.isoformat(), found[-1].id] if found else None
+    return page([order_json(o) for o in found], limit, last)
+
+
+@router.get("/v1/admin/orders/paid-uncommitted")
+async def paid_uncommitted(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
+    found = await list_paid_uncommitted(b, limit, _after(after))
+    last = [found[-1].created_at.isoformat(), found[-1].id] if found else None
+    return page([order_json(o) for o in found], limit, last)
+
+
+@router.post("/v1/admin/orders/{order_id}/recover-inventory")
+async def recover_inventory(order_id: str, key: Admin, b: B) -> Any:
+    result = await recover_order(b, order_id, f"key:{key.name}")
+    assert result is not None  # only the worker skips locked orders
+    return {
+        "outcome": result.outcome.value,
+        "order": order_json(result.order) if result.order else None,
+        "log_id": result.log_id,
+    }

@@ -1,0 +1,290 @@
+"""Failsafe recovery of paid orders whose stock is not committed (seed 003, DESIGN.md §4).
+
+For a ``paid`` or ``needs_review`` order: log ``RECOVERY_ATTEMPT``; with no payment proof
+log ``INCONSISTENCY_DETECTED`` and commit nothing; when every line is already committed
+log ``RECOVERY_SKIPPED_ALREADY_COMMITTED``; otherwise commit what is reserved and reserve
+again what expired, all or nothing: ``RECOVERY_SUCCESS`` and ``paid``, or
+``RECOVERY_FAILED`` and ``needs_review``. Recovery never releases stock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from stockguard.domain.errors import InvalidTransition, NotFound, OutOfStock, StockguardError
+from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus
+from stockguard.logging import get_logger
+from stockguard.service.failsafe import write_failure_log
+from stockguard.service.orders import commit_reserved, rereserve_missing
+from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.store.orders import LogEntry, OrderRecord, insert_logs, load_order, load_orders
+
+__all__ = [
+    "WORKER_ACTOR",
+    "Outcome",
+    "Recovery",
+    "list_needs_review",
+    "list_paid_uncommitted",
+    "recover_order",
+    "recover_paid_uncommitted",
+    "resolve_order",
+]
+
+log = get_logger(__name__)
+WORKER_ACTOR = "system:recovery-worker"
+RECOVERABLE = (OrderStatus.PAID, OrderStatus.NEEDS_REVIEW)
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    SKIPPED_ALREADY_COMMITTED = "skipped_already_committed"
+    FAILED = "failed"
+    INCONSISTENT = "inconsistent"
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    outcome: Outcome
+    order: OrderRecord | None
+    log_id: int | None
+
+
+def _state(order: OrderRecord) -> dict[str, Any]:
+    reserved = [r.id for r in order.reservations if r.status == ReservationStatus.RESERVED]
+    committed = [r.id for r in order.reservations if r.status == ReservationStatus.COMMITTED]
+    held = order.held_by_line()
+    missing = {n: q - held.get(n, 0) for n, _, q in order.lines if held.get(n, 0) < q}
+    return {
+        "reserved_count": len(reserved),
+        "committed_count": len(committed),
+        "missing_lines": len(missing),
+        "reserved_ids": reserved,
+    }
+
+
+async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recovery | None:
+    order = await load_order(uow.conn, order_id, lock=True, skip_locked=skip_locked)
+    if order is None:
+        if skip_locked:
+            return None  # another worker has it right now
+        raise NotFound(f"order {order_id} not found")
+    if order.deleted_at is not None:
+        raise NotFound(f"order {order_id} not found")
+    state = _state(order)
+    ids = state.pop("reserved_ids")
+    (attempt,) = await insert_logs(
+        uow.conn,
+        uow.actor,
+        [LogEntry(order.id, LogAction.RECOVERY_ATTEMPT, ids, context=state)],
+    )
+    if order.status not in RECOVERABLE or not order.has_payment_proof:
+        why = (
+            "no payment proof (provider and payment id)"
+            if order.status in RECOVERABLE
+            else f"order is {order.status.value}, not paid"
+        )
+        (log_id,) = await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.INCONSISTENCY_DETECTED,
+                    ids,
+                    error_reason="NO_PAYMENT_PROOF" if order.status in RECOVERABLE else "NOT_PAID",
+                    context={"detail": f"nothing committed: {why}", "attempt_log_id": attempt},
+                )
+            ],
+        )
+        return Recovery(Outcome.INCONSISTENT, order, log_id)
+    if state["reserved_count"] == 0 and state["missing_lines"] == 0:
+        (log_id,) = await insert_logs(
+            uow.conn,
+            uow.actor,
+            [LogEntry(order.id, LogAction.RECOVERY_SKIPPED_ALREADY_COMMITTED, context=state)],
+        )
+        return Recovery(Outcome.SKIPPED_ALREADY_COMMITTED, order, log_id)
+    rereserved = await rereserve_missing(uow, order)
+    if isinstance(rereserved, OutOfStock):
+        (log_id,) = await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.RECOVERY_FAILED,
+                    ids,
+                    error_reason="RESERVATION_EXPIRED_OR_NOT_FOUND",
+                    context={**state, "shortages": rereserved.extra["shortages"]},
+                )
+            ],
+        )
+        await _status(uow, order.id, OrderStatus.NEEDS_REVIEW)
+        return Recovery(Outcome.FAILED, await load_order(uow.conn, order.id), log_id)
+    committed = await commit_reserved(uow, order)
+    (log_id,) = await insert_logs(
+        uow.conn,
+        uow.actor,
+        [
+            LogEntry(
+                order.id,
+                LogAction.RECOVERY_SUCCESS,
+                committed,
+                context={"committed": len(committed), "rereserved": len(rereserved), **state},
+            )
+        ],
+    )
+    await _status(uow, order.id, OrderStatus.PAID)
+    return Recovery(Outcome.SUCCESS, await load_order(uow.conn, order.id), log_id)
+
+
+async def _status(uow: UnitOfWork, order_id: str, status: OrderStatus) -> None:
+    await uow.conn.execute(
+        "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1", order_id, status.value
+    )
+
+
+async def recover_order(
+    backends: Backends, order_id: str, actor: str, *, skip_locked: bool = False
+) -> Recovery | None:
+    """Recover one order. On an unexpected failure the attempt and the failure are logged
+    in a transaction of their own and a paid order goes to ``needs_review``."""
+
+    async def body(uow: UnitOfWork) -> Recovery | None:
+        return await _recover(uow, order_id, skip_locked)
+
+    try:
+        return await run(backends, actor, body, operation="recover_order")
+    except (StockguardError, asyncio.CancelledError):
+        raise
+    except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+        ids = await write_failure_log(
+            backends.pool,
+            actor,
+            [
+                LogEntry(order_id, LogAction.RECOVERY_ATTEMPT),
+                LogEntry(
+                    order_id,
+                    LogAction.RECOVERY_FAILED,
+                    error_reason=f"{type(exc).__name__}: {exc}"[:500],
+                    context={"detail": "recovery failed; manual follow-up needed"},
+                ),
+            ],
+        )
+        try:
+            await backends.pool.execute(
+                "UPDATE orders SET status = 'needs_review', updated_at = now() "
+                "WHERE id = $1 AND status = 'paid'",
+                order_id,
+            )
+        except Exception:
+            log.exception("needs_review_not_set", order_id=order_id)
+        order = None
+        try:
+            async with backends.pool.acquire() as conn:
+                order = await load_order(conn, order_id)
+        except Exception:
+            log.exception("order_not_loaded", order_id=order_id)
+        return Recovery(Outcome.FAILED, order, ids[1] if ids else None)
+
+
+_PAID_UNCOMMITTED = """
+SELECT o.* FROM orders o
+WHERE o.status = 'paid' AND o.deleted_at IS NULL
+  AND (EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = o.id AND r.status = 'reserved')
+       OR NOT EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = o.id
+                      AND r.status = 'committed'))
+  AND ($1::timestamptz IS NULL OR (o.created_at, o.id) > ($1, $2))
+ORDER BY o.created_at, o.id
+LIMIT $3
+"""
+
+_NEEDS_REVIEW = """
+SELECT o.* FROM orders o
+WHERE o.status = 'needs_review' AND o.deleted_at IS NULL
+  AND ($1::timestamptz IS NULL OR (o.created_at, o.id) > ($1, $2))
+ORDER BY o.created_at, o.id
+LIMIT $3
+"""
+
+
+async def _listed(
+    backends: Backends, sql: str, limit: int, after: tuple[Any, str] | None
+) -> list[OrderRecord]:
+    async with backends.pool.acquire() as conn:
+        rows = await conn.fetch(sql, after[0] if after else None, after[1] if after else "", limit)
+        return await load_orders(conn, rows)
+
+
+async def list_paid_uncommitted(
+    backends: Backends, limit: int = 100, after: tuple[Any, str] | None = None
+) -> list[OrderRecord]:
+    """Paid orders with reservations still ``reserved``, or none ``committed`` (seed 003)."""
+    return await _listed(backends, _PAID_UNCOMMITTED, limit, after)
+
+
+async def list_needs_review(
+    backends: Backends, limit: int = 100, after: tuple[Any, str] | None = None
+) -> list[OrderRecord]:
+    return await _listed(backends, _NEEDS_REVIEW, limit, after)
+
+
+async def recover_paid_uncommitted(backends: Backends, limit: int = 100) -> int:
+    """One pass of the recovery worker; returns how many orders it recovered or tried."""
+    found = await list_paid_uncommitted(backends, limit)
+    done = 0
+    for order in found:
+        result = await recover_order(backends, order.id, WORKER_ACTOR, skip_locked=True)
+        done += result is not None
+    return done
+
+
+async def resolve_order(
+    backends: Backends, order_id: str, target: OrderStatus, actor: str, note: str | None = None
+) -> OrderRecord:
+    """Seed 003's manual step 5: a reviewed order goes back to ``paid`` or on to
+    ``processing`` - only when every line is fully committed."""
+    if target not in (OrderStatus.PAID, OrderStatus.PROCESSING):
+        raise InvalidTransition(OrderStatus.NEEDS_REVIEW.value, target.value)
+
+    async def body(uow: UnitOfWork) -> OrderRecord:
+        order = await load_order(uow.conn, order_id, lock=True)
+        if order is None or order.deleted_at is not None:
+            raise NotFound(f"order {order_id} not found")
+        if order.status not in (OrderStatus.NEEDS_REVIEW, OrderStatus.PAID):
+            raise InvalidTransition(order.status.value, target.value)
+        state = _state(order)
+        if (
+            not order.has_payment_proof
+            or state["reserved_count"]
+            or state["missing_lines"]
+            or not state["committed_count"]
+        ):
+            raise InvalidTransition(
+                order.status.value,
+                target.value,
+                "every reservation must be committed first: run recovery, or adjust "
+                "stock and recover",
+            )
+        await _status(uow, order.id, target)
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.STATUS_CHANGED,
+                    context={"from": order.status.value, "to": target.value, "note": note},
+                )
+            ],
+        )
+        fresh = await load_order(uow.conn, order.id)
+        assert fresh is not None
+        return fresh
+
+    return await run(backends, actor, body, operation="resolve_order")

@@ -1,0 +1,194 @@
+"""Payment webhooks from Stripe and Razorpay.
+
+The signature is verified with the provider's own SDK on the raw body. The event is then
+written to the ``webhook_events`` inbox (unique on provider and event id) in the same
+transaction as the payment it carries, so a replayed delivery, or ten identical ones at
+once, changes nothing again, and a delivery whose processing failed leaves no trace and
+is processed when the provider retries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import razorpay
+import stripe
+
+from stockguard.domain.errors import InvalidSignature, InvalidTransition, NotFound
+from stockguard.domain.model import LogAction, OrderStatus
+from stockguard.logging import get_logger
+from stockguard.service.orders import PaymentProof, pay
+from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.store.orders import LogEntry, insert_logs, load_order
+
+__all__ = ["PaymentEvent", "handle_event", "parse_razorpay", "parse_stripe"]
+
+log = get_logger(__name__)
+
+STRIPE_EVENTS = frozenset({"payment_intent.succeeded"})
+RAZORPAY_EVENTS = frozenset({"payment.captured", "order.paid"})
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    provider: str
+    event_id: str
+    event_type: str
+    order_id: str | None
+    payment_id: str | None
+    amount: int | None
+    currency: str | None
+
+    @property
+    def is_payment(self) -> bool:
+        known = STRIPE_EVENTS if self.provider == "stripe" else RAZORPAY_EVENTS
+        return self.event_type in known
+
+
+def _get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_stripe(
+    payload: bytes, signature: str | None, secret: str | None, tolerance: int
+) -> PaymentEvent:
+    if not secret:
+        raise InvalidSignature("no Stripe webhook secret is configured")
+    try:
+        stripe.Webhook.construct_event(payload, signature, secret, tolerance=tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidSignature("the Stripe-Signature does not match this body") from exc
+    except ValueError as exc:
+        raise InvalidSignature("the body is not a Stripe event") from exc
+    data = json.loads(payload)
+    obj = _get(data, "data", "object")
+    return PaymentEvent(
+        provider="stripe",
+        event_id=str(_str(_get(data, "id")) or ""),
+        event_type=str(_str(_get(data, "type")) or ""),
+        order_id=_str(_get(obj, "metadata", "order_id")),
+        payment_id=_str(_get(obj, "id")),
+        amount=_int(_get(obj, "amount_received")),
+        currency=_str(_get(obj, "currency")),
+    )
+
+
+def parse_razorpay(
+    payload: bytes, signature: str | None, event_id: str | None, secret: str | None
+) -> PaymentEvent:
+    if not secret:
+        raise InvalidSignature("no Razorpay webhook secret is configured")
+    if not signature:
+        raise InvalidSignature("the X-Razorpay-Signature header is missing")
+    try:
+        body = payload.decode("utf-8")
+        razorpay.Utility(None).verify_webhook_signature(body, signature, secret)
+        data = json.loads(body)
+    except razorpay.errors.SignatureVerificationError as exc:
+        raise InvalidSignature("the X-Razorpay-Signature does not match this body") from exc
+    except ValueError as exc:  # not UTF-8 or not JSON, though signed
+        raise InvalidSignature("the body is not a Razorpay event") from exc
+    entity = _get(data, "payload", "payment", "entity")
+    return PaymentEvent(
+        provider="razorpay",
+        event_id=event_id or "",
+        event_type=str(_str(_get(data, "event")) or ""),
+        order_id=_str(_get(entity, "notes", "order_id")),
+        payment_id=_str(_get(entity, "id")),
+        amount=_int(_get(entity, "amount")),
+        currency=_str(_get(entity, "currency")),
+    )
+
+
+async def handle_event(backends: Backends, event: PaymentEvent) -> dict[str, Any]:
+    """Apply a verified event: ``{"order": ...}`` when it paid an order, else
+    ``{"ignored": why}`` or ``{"replayed": true}``."""
+    actor = f"webhook:{event.provider}"
+    if not event.event_id:
+        return _ignored(event, "event has no id")
+
+    async def body(uow: UnitOfWork) -> dict[str, Any]:
+        inserted = await uow.conn.fetchval(
+            "INSERT INTO webhook_events (provider, event_id, event_type, order_id) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+            event.provider,
+            event.event_id,
+            event.event_type,
+            event.order_id,
+        )
+        if not inserted:
+            return {"replayed": True}
+        outcome = await _apply(uow, event)
+        await uow.conn.execute(
+            "UPDATE webhook_events SET outcome = $3 WHERE provider = $1 AND event_id = $2",
+            event.provider,
+            event.event_id,
+            json.dumps(outcome, default=str)[:1000],
+        )
+        return outcome
+
+    return await run(backends, actor, body, operation="webhook")
+
+
+def _ignored(event: PaymentEvent, why: str) -> dict[str, Any]:
+    log.info(
+        "webhook_ignored",
+        provider=event.provider,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        order_id=event.order_id,
+        reason=why,
+    )
+    return {"ignored": why}
+
+
+async def _apply(uow: UnitOfWork, event: PaymentEvent) -> dict[str, Any]:
+    if not event.is_payment:
+        return _ignored(event, f"event type {event.event_type!r} is not a payment")
+    if not event.order_id:
+        return _ignored(event, "no order_id in the payment's metadata/notes")
+    if not event.payment_id:
+        return _ignored(event, "no payment id in the event")
+    order = await load_order(uow.conn, event.order_id)
+    if order is None:
+        return _ignored(event, "unknown order")
+    if order.deleted_at is not None or order.status == OrderStatus.CANCELLED:
+        why = "order deleted" if order.deleted_at is not None else "order cancelled"
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.INCONSISTENCY_DETECTED,
+                    error_reason="PAID_AFTER_CANCEL",
+                    context={
+                        "detail": f"payment for an order that is {why[6:]}: a refund is due",
+                        "provider": event.provider,
+                        "payment_id": event.payment_id,
+                        "amount": event.amount,
+                    },
+                )
+            ],
+        )
+        return _ignored(event, why)
+    proof = PaymentProof(event.provider, event.payment_id, event.amount, event.currency)
+    try:
+        paid = await pay(uow, order.id, proof)
+    except (InvalidTransition, NotFound) as exc:
+        return _ignored(event, exc.detail)
+    return {"order": paid}
