@@ -765,3 +765,19 @@ async def test_reservations_of_paid_orders_are_committed(
     oid = await _pending(stock, backends, uid)
     paid = await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
     assert {r.status for r in paid.reservations} == {ReservationStatus.COMMITTED}
+
+
+async def test_razorpay_without_event_id_header_is_still_deduplicated(
+    hooks: httpx.AsyncClient, backends: Backends, stock: Stocker, uid: str
+) -> None:
+    oid = await _pending(stock, backends, uid)
+    body = razorpay_event("payment.captured", oid, f"pay_{uid}")
+    headers = {"X-Razorpay-Signature": razorpay_signed(body)}
+    first = await hooks.post("/v1/webhooks/razorpay", content=body, headers=headers)
+    assert first.json()["order"]["status"] == "paid"
+    again = await hooks.post("/v1/webhooks/razorpay", content=body, headers=headers)
+    assert again.json() == {"replayed": True}
+    event_id = await backends.pool.fetchval(
+        "SELECT event_id FROM webhook_events WHERE provider = 'razorpay' AND order_id = $1", oid
+    )
+    assert event_id == f"payment.captured:pay_{uid}"

@@ -103,12 +103,17 @@ def parse_razorpay(
     except ValueError as exc:  # not UTF-8 or not JSON, though signed
         raise InvalidSignature("the body is not a Razorpay event") from exc
     entity = _get(data, "payload", "payment", "entity")
+    event_type = str(_str(_get(data, "event")) or "")
+    payment_id = _str(_get(entity, "id"))
+    if not event_id and payment_id:
+        # Without the header, (event, payment) still names the delivery for the inbox.
+        event_id = f"{event_type}:{payment_id}"
     return PaymentEvent(
         provider="razorpay",
         event_id=event_id or "",
-        event_type=str(_str(_get(data, "event")) or ""),
+        event_type=event_type,
         order_id=_str(_get(entity, "notes", "order_id")),
-        payment_id=_str(_get(entity, "id")),
+        payment_id=payment_id,
         amount=_int(_get(entity, "amount")),
         currency=_str(_get(entity, "currency")),
     )
