@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from stockguard.domain.errors import StockguardError
 from stockguard.logging import get_logger
@@ -54,6 +56,18 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path."""
+    return [
+        method
+        for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+
+
 def install_handlers(app: FastAPI) -> None:
     async def on_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StockguardError)
@@ -67,11 +81,26 @@ def install_handlers(app: FastAPI) -> None:
         detail = f"{where}: {first['msg']}" if where else str(first["msg"])
         return problem(422, "validation_error", "Invalid request", detail, errors=errors)
 
-    async def on_http(_request: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8 JSON)
+            return problem(
+                422, "validation_error", "Invalid request", "the request body is not valid JSON"
+            )
         code, title = _HTTP_CODES.get(exc.status_code, ("error", "Error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
-        return problem(exc.status_code, code, title, detail)
+        response = problem(exc.status_code, code, title, detail)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        if exc.status_code == 405:  # Starlette names only the first route's methods
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
+
+    async def on_bad_text(_request: Request, exc: Exception) -> Response:
+        # PostgreSQL text cannot hold U+0000: a client's input, not an internal error.
+        return problem(
+            422, "validation_error", "Invalid request", "text must not contain U+0000 characters"
+        )
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
@@ -80,4 +109,6 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StockguardError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, on_bad_text)
+    app.add_exception_handler(asyncpg.UntranslatableCharacterError, on_bad_text)
     app.add_exception_handler(Exception, on_crash)

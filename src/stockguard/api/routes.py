@@ -53,10 +53,51 @@ def _path(value: str, pattern: str, what: str) -> str:
     return value
 
 
+BAD_CURSOR = "after: not a cursor this API gave out"
+
+
+def _text_cursor(after: str | None) -> str | None:
+    """A cursor that names the last code of the previous page."""
+    cursor = decode_cursor(after)
+    if cursor is not None and not isinstance(cursor, str):
+        raise ValidationFailed(BAD_CURSOR)
+    return cursor
+
+
+def _id_cursor(after: str | None) -> int | None:
+    """A cursor that names the last (bigint) id of the previous page."""
+    cursor = decode_cursor(after)
+    if cursor is None:
+        return None
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < 2**63:
+        raise ValidationFailed(BAD_CURSOR)
+    return cursor
+
+
+def _order_cursor(after: str | None) -> tuple[datetime, str] | None:
+    """A cursor that names the (created_at, id) of the previous page's last order."""
+    cursor = decode_cursor(after)
+    if cursor is None:
+        return None
+    if not (
+        isinstance(cursor, list) and len(cursor) == 2 and all(isinstance(p, str) for p in cursor)
+    ):
+        raise ValidationFailed(BAD_CURSOR)
+    try:
+        created_at = datetime.fromisoformat(cursor[0])
+    except ValueError as exc:
+        raise ValidationFailed(BAD_CURSOR) from exc
+    if created_at.tzinfo is None:
+        raise ValidationFailed(BAD_CURSOR)
+    return created_at, cursor[1]
+
+
 def _sku_path(sku: str) -> str:
     return _path(sku, SKU_PATTERN, "sku")
 
 
+# Routes list the key before SkuPath: dependencies run in order, and a caller without a
+# valid key learns nothing about its input (401/403 before 422).
 SkuPath = Annotated[str, Depends(_sku_path)]
 
 
@@ -125,7 +166,7 @@ async def put_location(code: str, body: LocationIn, key: Admin, b: B) -> JSONRes
 
 @router.get("/v1/locations", tags=["catalogue"])
 async def list_locations(_key: Service, b: B, limit: Limit = 50, after: After = None) -> Any:
-    rows = await catalogue.list_locations(b, limit, decode_cursor(after))
+    rows = await catalogue.list_locations(b, limit, _text_cursor(after))
     return page([_location(r) for r in rows], limit, rows[-1]["code"] if rows else None)
 
 
@@ -172,24 +213,24 @@ def _sku(view: SkuView) -> dict[str, Any]:
 
 
 @router.put("/v1/skus/{sku}", tags=["catalogue"])
-async def put_sku(sku: SkuPath, body: SkuIn, _key: Admin, b: B) -> JSONResponse:
+async def put_sku(_key: Admin, sku: SkuPath, body: SkuIn, b: B) -> JSONResponse:
     view, created = await catalogue.put_sku(b, sku, body.name)
     return _json(_sku(view), 201 if created else 200)
 
 
 @router.get("/v1/skus/{sku}", tags=["catalogue"])
-async def get_sku(sku: SkuPath, _key: Service, b: B) -> Any:
+async def get_sku(_key: Service, sku: SkuPath, b: B) -> Any:
     return _sku(await catalogue.get_sku(b, sku))
 
 
 @router.get("/v1/skus", tags=["catalogue"])
 async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None) -> Any:
-    views = await catalogue.list_skus(b, limit, decode_cursor(after))
+    views = await catalogue.list_skus(b, limit, _text_cursor(after))
     return page([_sku(v) for v in views], limit, views[-1].sku if views else None)
 
 
 @router.post("/v1/skus/{sku}/adjustments", tags=["catalogue"], status_code=201)
-async def adjust(sku: SkuPath, body: AdjustmentIn, key: Admin, b: B) -> JSONResponse:
+async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> JSONResponse:
     result = await catalogue.adjust_stock(
         b,
         catalogue.Adjustment(
@@ -264,10 +305,7 @@ async def list_orders(
     limit: Limit = 50,
     after: After = None,
 ) -> Any:
-    cursor = decode_cursor(after)
-    if cursor is not None and not (isinstance(cursor, list) and len(cursor) == 2):
-        raise ValidationFailed("after: not a cursor this API gave out")
-    created_after = datetime.fromisoformat(cursor[0]) if cursor else None
+    cursor = _order_cursor(after)
     async with b.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT * FROM orders WHERE deleted_at IS NULL "
@@ -275,7 +313,7 @@ async def list_orders(
             "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) "
             "ORDER BY created_at, id LIMIT $4",
             status.value if status else None,
-            created_after,
+            cursor[0] if cursor else None,
             cursor[1] if cursor else "",
             limit,
         )
@@ -335,7 +373,7 @@ async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = Non
         try:
             uuid.UUID(str(cursor))
         except ValueError as exc:
-            raise ValidationFailed("after: not a cursor this API gave out") from exc
+            raise ValidationFailed(BAD_CURSOR) from exc
     async with b.pool.acquire() as conn:
         found = await keys.list_keys(conn, limit, cursor)
     return page([_key_json(k) for k in found], limit, found[-1].id if found else None)
@@ -362,9 +400,7 @@ async def movements(
     limit: Limit = 50,
     after: After = None,
 ) -> Any:
-    cursor = decode_cursor(after)
-    if cursor is not None and not isinstance(cursor, int):
-        raise ValidationFailed("after: not a cursor this API gave out")
+    cursor = _id_cursor(after)
     rows = await b.pool.fetch(
         "SELECT id, sku, location, on_hand_delta, reserved_delta, reason, order_id, "
         "reservation_id, actor, reference, created_at FROM stock_movements "
@@ -383,9 +419,7 @@ async def movements(
 async def inventory_logs(
     order_id: str, _key: Admin, b: B, limit: Limit = 50, after: After = None
 ) -> Any:
-    cursor = decode_cursor(after)
-    if cursor is not None and not isinstance(cursor, int):
-        raise ValidationFailed("after: not a cursor this API gave out")
+    cursor = _id_cursor(after)
     rows = await b.pool.fetch(
         "SELECT id, order_id, action, actor, reservation_ids, error_reason, context, created_at "
         "FROM order_inventory_logs WHERE order_id = $1 AND ($2::bigint IS NULL OR id > $2) "
