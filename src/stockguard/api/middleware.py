@@ -11,7 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockguard.api.problems import problem
 
-__all__ = ["BodyLimit", "Idempotency"]
+__all__ = ["STALE_SECONDS", "BodyLimit", "Idempotency"]
+
+STALE_SECONDS = 30.0
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -110,13 +112,23 @@ class Idempotency:
             b"\0".join([scope["path"].encode(), scope.get("query_string", b""), body])
         ).hexdigest()
         pool = self.pool()
-        inserted = await pool.fetchval(
+        claim = (
             "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING RETURNING true",
-            owner,
-            key,
-            fingerprint,
+            "ON CONFLICT DO NOTHING RETURNING true"
         )
+        inserted = await pool.fetchval(claim, owner, key, fingerprint)
+        if not inserted:
+            # A claim with no answer after STALE_SECONDS belonged to a request that died
+            # (a crashed process, a lost connection): the key is free again.
+            freed = await pool.execute(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 "
+                "AND status_code IS NULL AND created_at < now() - make_interval(secs => $3)",
+                owner,
+                key,
+                STALE_SECONDS,
+            )
+            if freed != "DELETE 0":
+                inserted = await pool.fetchval(claim, owner, key, fingerprint)
         if not inserted:
             await self._answer_again(scope, receive, send, owner, key, fingerprint)
             return
