@@ -677,6 +677,8 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
     order goes to ``needs_review`` with ``RECOVERY_FAILED`` and nothing is released.
     """
     order = await _locked(uow, order_id)
+    if order.status == OrderStatus.CANCELLED:
+        raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
     if order.payment_id is not None:
         if (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id):
             return order
