@@ -311,6 +311,48 @@ def test_verify_json_lists_each_violation(scratch_shop: str) -> None:
     assert (ledger["sku"], ledger["location"], ledger["reserved"]) == ("B", "w1", 2)
 
 
+def test_verify_notices_when_the_audit_trail_could_be_edited(scratch_shop: str) -> None:
+    """The ledger, the order logs and orders refuse edits and deletes by trigger; verify
+    fails when those triggers are switched off."""
+
+    async def refused(conn: asyncpg.Connection) -> list[str]:
+        statements = [
+            "UPDATE stock_movements SET on_hand_delta = on_hand_delta + 1",
+            "DELETE FROM stock_movements",
+            "TRUNCATE stock_movements",
+            "UPDATE order_inventory_logs SET actor = 'someone else'",
+            "DELETE FROM order_inventory_logs",
+            "DELETE FROM orders WHERE id = 'o-cancelled'",
+        ]
+        out = []
+        for sql in statements:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError) as caught:
+                await conn.execute(sql)
+            out.append(str(caught.value))
+        return out
+
+    messages = on_db(scratch_shop, refused)
+    assert messages[0] == "stock_movements rows are never changed or deleted"
+    assert messages[-1] == "orders rows are never changed or deleted"
+
+    async def switch_off(conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            "ALTER TABLE stock_movements DISABLE TRIGGER stock_movements_append_only"
+        )
+        await conn.execute("ALTER TABLE orders DISABLE TRIGGER orders_soft_delete_only")
+
+    on_db(scratch_shop, switch_off)
+    result = cli("verify", "--json")
+    assert result.exit_code == 1, result.output
+    found = {
+        (v["invariant"], v["check"]): v["detail"] for v in json.loads(result.stdout)["violations"]
+    }
+    assert found == {
+        (3, "ledger_is_append_only"): {"tgname": "stock_movements_append_only"},
+        (9, "orders_are_soft_deleted_only"): {"trigger": "orders_soft_delete_only"},
+    }
+
+
 # ---------------------------------------------------------------- reconcile
 
 
