@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import redis
 
+from stockguard.api.app import build_app
 from stockguard.config import CacheMode, Settings
 from stockguard.embedded import EmbeddedRedis, redis_server_binary, start_postgres, start_redis
 from stockguard.runtime import open_backends, resolve_endpoints
@@ -297,3 +299,26 @@ async def test_open_backends_without_cache_and_without_migrating(
         assert backends.cache_mode is CacheMode.DISABLED
         expected = servers.database_url.rsplit("/", 1)[-1].split("?")[0]
         assert await backends.pool.fetchval("SELECT current_database()") == expected
+
+
+async def test_a_service_with_the_cache_disabled_is_ready(
+    servers: Servers, tmp_path: Path, no_server_env: None
+) -> None:
+    """STOCKGUARD_CACHE_MODE=disabled runs without Redis by design, so Redis cannot be
+    what keeps /readyz from answering 200 (a load balancer would never send it traffic)."""
+    settings = Settings(
+        database_url=servers.database_url,
+        redis_url="redis://127.0.0.1:1/0",
+        cache_mode=CacheMode.DISABLED,
+        db_pool_min=1,
+        db_pool_max=2,
+        data_dir=tmp_path,
+    )
+    async with open_backends(settings, resolve_endpoints(settings), migrate=False) as backends:
+        app = build_app(settings, backends)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sg.test") as client:
+            ready = await client.get("/readyz")
+    body = ready.json()
+    assert body["checks"]["postgres"] is True
+    assert (ready.status_code, body["ok"]) == (200, True), body
