@@ -71,14 +71,16 @@ async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
     if backends.cache is None or not skus:
         return
     wanted = sorted(set(skus))
-    async with backends.pool.acquire() as conn, conn.transaction():
-        await LevelWriter(conn, "system:cache").lock(wanted)
-        try:
+    try:
+        async with backends.pool.acquire() as conn, conn.transaction():
+            await LevelWriter(conn, "system:cache").lock(wanted)
             await _write_cache(backends, conn, wanted)
-        except CACHE_ERRORS:
+            await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", wanted)
+    except CACHE_ERRORS:
+        # Outside the rolled-back transaction, so the mark stays.
+        async with backends.pool.acquire() as conn:
             await mark_dirty(conn, wanted)
-            raise
-        await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", wanted)
+        raise
 
 
 async def _after_failed_write(backends: Backends, skus: list[str]) -> None:
