@@ -23,7 +23,7 @@ async def test_healthz_needs_no_key(client: httpx.AsyncClient) -> None:
 async def test_readyz_checks_postgres_and_redis(client: httpx.AsyncClient) -> None:
     r = await client.send(_anonymous(client, "/readyz"))
     assert r.status_code == 200, r.text
-    assert r.json() == {"ok": True, "checks": {"postgres": True, "redis": True}}
+    assert r.json() == {"ok": True, "mode": "strict", "checks": {"postgres": True, "redis": True}}
 
 
 async def test_metrics_are_prometheus_text(

@@ -535,7 +535,11 @@ def test_serve_answers_health_and_readiness(servers: Servers, tmp_path: Path) ->
 
         ready = httpx.get(f"{base}/readyz", timeout=5)
         assert ready.status_code == 200
-        assert ready.json() == {"ok": True, "checks": {"postgres": True, "redis": True}}
+        assert ready.json() == {
+            "ok": True,
+            "mode": "strict",
+            "checks": {"postgres": True, "redis": True},
+        }
 
         anonymous = httpx.get(f"{base}/v1/skus", timeout=5)
         assert anonymous.status_code == 401

@@ -195,13 +195,13 @@ async def test_no_configuration_starts_embedded_postgres_and_redis(
 ) -> None:
     """The quick start: with no URLs, both servers start under the data directory,
     migrations apply, a bootstrap admin key works and the database is consistent."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # ours: a short private one
     key = f"sg_boot_{secrets.token_hex(16)}"
     settings = Settings(data_dir=tmp_path / "sg", bootstrap_admin_key=key, db_pool_min=1)
     endpoints = await asyncio.to_thread(resolve_endpoints, settings)
     pg = endpoints.handles[0]
     try:
-        assert endpoints.database_url.startswith("postgresql://postgres@/stockguard?host=")
+        assert endpoints.database_url.startswith("postgresql://postgres:@/stockguard?host=")
         assert (tmp_path / "sg" / "pg" / "PG_VERSION").is_file()
         assert isinstance(endpoints.handles[1], EmbeddedRedis)
 
@@ -229,7 +229,7 @@ async def test_embedded_postgres_url_works_for_a_long_data_dir(
 ) -> None:
     """A Unix socket path is limited to ~107 bytes; for a deeper data directory pgserver
     puts the socket elsewhere, and the URL we hand out must still reach the server."""
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # ours: a short private one
     deep = tmp_path / ("d" * 60) / ("e" * 40)
     deep.mkdir(parents=True)
     assert len(str(deep / "pg" / ".s.PGSQL.5432")) > 108

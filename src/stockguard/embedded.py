@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,21 @@ __all__ = ["EmbeddedRedis", "redis_server_binary", "start_postgres", "start_redi
 log = get_logger(__name__)
 
 
+def _runtime_dir() -> str:
+    """A short private directory: pgserver puts its socket there when the data directory's
+    path is too long for a unix socket."""
+    path = Path(tempfile.gettempdir()) / f"stockguard-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
 def start_postgres(data_dir: Path, database: str = "stockguard") -> tuple[str, Any]:
     """Start (or join) the embedded PostgreSQL; return its URL and the server handle.
 
     Keep the handle alive for as long as the server is needed: pgserver stops the server
     when the last process using it exits.
     """
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.resolve()))
+    os.environ.setdefault("XDG_RUNTIME_DIR", _runtime_dir())
     import pgserver
 
     pgdata = (data_dir / "pg").resolve()
@@ -34,7 +43,8 @@ def start_postgres(data_dir: Path, database: str = "stockguard") -> tuple[str, A
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "1 row" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
-    url = f"postgresql://postgres@/{database}?host={pgdata}"
+    # pgserver may put the socket elsewhere when the data path is too long for AF_UNIX.
+    url = str(server.get_uri(database))
     log.info("embedded_postgres_started", data=str(pgdata), database=database)
     return url, server
 
@@ -58,13 +68,27 @@ def _free_port() -> int:
         return port
 
 
-def _answers(port: int) -> bool:
+def _server_pid(port: int) -> int | None:
+    """The process id of the Redis server answering on this port, or None."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
     except OSError:
-        return False
+        return None
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+def _answers(port: int) -> bool:
+    return _server_pid(port) is not None
 
 
 @dataclass
@@ -109,8 +133,10 @@ def start_redis(data_dir: Path, port: int | None = None) -> EmbeddedRedis:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while not _answers(port):
+    # An answer from a server that is not ours (the port was taken) is no start either.
+    while _server_pid(port) != proc.pid:
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             raise RuntimeError(f"embedded redis-server did not start (see {rdir / 'redis.log'})")
         time.sleep(0.05)
     port_file.write_text(str(port))

@@ -27,6 +27,7 @@ from stockguard.api.schemas import (
     page,
     ts,
 )
+from stockguard.config import CacheMode
 from stockguard.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
@@ -478,12 +479,15 @@ async def readyz(b: B) -> JSONResponse:
         checks["postgres"] = await b.pool.fetchval("SELECT true") is True
     except Exception:
         checks["postgres"] = False
-    try:
-        checks["redis"] = b.cache is not None and await b.cache.ping()
-    except Exception:
-        checks["redis"] = False
-    ok = all(checks.values())
-    return _json({"ok": ok, "checks": checks}, 200 if ok else 503)
+    if b.cache is not None:
+        try:
+            checks["redis"] = await b.cache.ping()
+        except Exception:
+            checks["redis"] = False
+    # Only strict mode needs Redis to change stock; degraded mode sells on without it.
+    needed = ["postgres", "redis"] if b.cache_mode is CacheMode.STRICT else ["postgres"]
+    ok = all(checks.get(name, True) for name in needed)
+    return _json({"ok": ok, "mode": b.cache_mode.value, "checks": checks}, 200 if ok else 503)
 
 
 @router.get("/metrics", tags=["operations"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from stockguard.store.db import Conn
@@ -137,6 +138,9 @@ async def verify(conn: Conn, limit: int = 100) -> list[Violation]:
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (v if isinstance(v, (int, str, bool, type(None))) else str(v)) for k, v in row.items()
-    }
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, Decimal) and v == v.to_integral_value():
+            v = int(v)  # sum() of bigint is numeric in PostgreSQL
+        out[k] = v if isinstance(v, (int, str, bool, type(None))) else str(v)
+    return out

@@ -46,12 +46,13 @@ def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[N
             pass
         await abandon_stale(backends, settings.abandon_after_seconds)
 
-    last_sweep = 0.0
+    last_sweep: float | None = None  # the first pass sweeps everything
 
     async def cache() -> None:
         nonlocal last_sweep
         await repair_dirty(backends)
-        if time.monotonic() - last_sweep >= settings.reconcile_full_interval_seconds:
+        since = None if last_sweep is None else time.monotonic() - last_sweep
+        if since is None or since >= settings.reconcile_full_interval_seconds:
             await reconcile(backends, repair=True)
             last_sweep = time.monotonic()
 
