@@ -1,0 +1,98 @@
+"""A real uvicorn server (one process, ``create_app`` factory) on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["HttpServer", "http_server"]
+
+
+@dataclass
+class HttpServer:
+    base_url: str
+    pid: int
+    pool_max: int
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.asynccontextmanager
+async def http_server(
+    *,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    admin_key: str,
+    workdir: Path,
+    pool_max: int,
+) -> AsyncIterator[HttpServer]:
+    """Start ``uvicorn --factory stockguard.api.app:create_app`` with settings from the
+    environment (the bench database, prefix and bootstrap admin key; no worker loops),
+    wait for ``/readyz``, stop it at the end."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
+    env.update(
+        STOCKGUARD_DATABASE_URL=database_url,
+        STOCKGUARD_REDIS_URL=redis_url,
+        STOCKGUARD_REDIS_PREFIX=redis_prefix,
+        STOCKGUARD_BOOTSTRAP_ADMIN_KEY=admin_key,
+        STOCKGUARD_RUN_WORKERS="false",
+        STOCKGUARD_CACHE_MODE="strict",
+        STOCKGUARD_DB_POOL_MIN=str(min(8, pool_max)),
+        STOCKGUARD_DB_POOL_MAX=str(pool_max),
+        STOCKGUARD_LOG_LEVEL="WARNING",
+        STOCKGUARD_DATA_DIR=str(workdir / "server-data"),
+    )
+    log_path = workdir / "uvicorn.log"
+    args = [
+        sys.executable, "-m", "uvicorn", "stockguard.api.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *args, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
+            while True:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"uvicorn exited:\n{_tail(log_path)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"uvicorn did not become ready:\n{_tail(log_path)}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield HttpServer(base_url=base_url, pid=proc.pid, pool_max=pool_max)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
