@@ -102,6 +102,15 @@ def install_handlers(app: FastAPI) -> None:
             422, "validation_error", "Invalid request", "text must not contain U+0000 characters"
         )
 
+    async def on_busy(request: Request, exc: Exception) -> Response:
+        # lock_timeout or statement_timeout: the transaction rolled back whole; retryable.
+        log.warning("busy", path=request.url.path, error=type(exc).__name__)
+        response = problem(
+            503, "busy", "Busy", "the stock is busy right now; nothing changed, retry shortly"
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
         return problem(500, "internal_error", "Internal error", "an internal error occurred")
@@ -109,6 +118,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StockguardError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(asyncpg.LockNotAvailableError, on_busy)
+    app.add_exception_handler(asyncpg.QueryCanceledError, on_busy)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, on_bad_text)
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, on_bad_text)
     app.add_exception_handler(Exception, on_crash)

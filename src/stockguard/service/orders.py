@@ -254,14 +254,22 @@ async def _insert_reservations(
     return inserted
 
 
+def _lines(decisions: Sequence[_Decision]) -> list[tuple[PlaceOrder, list[Line]]]:
+    return [
+        (d.req, [Line(i, sku, q) for i, (sku, q) in enumerate(d.req.lines, 1)]) for d in decisions
+    ]
+
+
 async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decision]:
     conn = uow.conn
     decisions = [_Decision(req) for req in requests]
-    now: datetime = await conn.fetchval("SELECT now()")
-    existing_rows = await conn.fetch(
-        "SELECT id FROM orders WHERE id = ANY($1::text[])", [r.id for r in requests]
+    first = await conn.fetchrow(
+        "SELECT now() AS now, ARRAY(SELECT id FROM orders WHERE id = ANY($1::text[])) AS ids",
+        [r.id for r in requests],
     )
-    existing_ids = {r["id"] for r in existing_rows}
+    assert first is not None
+    now: datetime = first["now"]
+    existing_ids = set(first["ids"])
     seen_in_batch: set[str] = set()
     to_place: list[_Decision] = []
     for d in decisions:
@@ -287,16 +295,19 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
             d.error = ValidationFailed(f"unknown channel {d.req.channel!r}")
         else:
             placeable.append(d)
+    # Refuse what cannot fit even now, before queueing for the levels' locks: a sold-out
+    # SKU answers its buyers without touching its hot rows.
+    snapshot = await uow.levels.peek({sku for d in placeable for sku, _ in d.req.lines})
+    for d, seen in zip(
+        placeable, await _reserve(uow, _lines(placeable), snapshot, links), strict=True
+    ):
+        if isinstance(seen, OutOfStock):
+            d.error = seen
+    placeable = [d for d in placeable if d.error is None]
+    if not placeable:
+        return decisions
     levels = await uow.levels.lock({sku for d in placeable for sku, _ in d.req.lines})
-    results = await _reserve(
-        uow,
-        [
-            (d.req, [Line(i, sku, q) for i, (sku, q) in enumerate(d.req.lines, 1)])
-            for d in placeable
-        ],
-        levels,
-        links,
-    )
+    results = await _reserve(uow, _lines(placeable), levels, links)
     winners: list[_Decision] = []
     for d, result in zip(placeable, results, strict=True):
         if isinstance(result, OutOfStock):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import asyncpg
+
 from stockguard.store.db import Conn
 
 __all__ = ["Delta", "LevelGuardViolated", "LevelRow", "LevelWriter"]
@@ -83,6 +85,17 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::
 """
 
 
+def _row(r: asyncpg.Record) -> LevelRow:
+    return LevelRow(
+        sku=r["sku"],
+        location=r["location"],
+        on_hand=r["on_hand"],
+        reserved=r["reserved"],
+        location_priority=r["location_priority"],
+        active=r["active"],
+    )
+
+
 class LevelWriter:
     """Level changes of one transaction. Lock first, then apply."""
 
@@ -98,17 +111,16 @@ class LevelWriter:
         if not wanted:
             return {}
         rows = await self.conn.fetch(_LOCK_SQL, wanted)
-        return {
-            (r["sku"], r["location"]): LevelRow(
-                sku=r["sku"],
-                location=r["location"],
-                on_hand=r["on_hand"],
-                reserved=r["reserved"],
-                location_priority=r["location_priority"],
-                active=r["active"],
-            )
-            for r in rows
-        }
+        return {(r["sku"], r["location"]): _row(r) for r in rows}
+
+    async def peek(self, skus: Iterable[str]) -> dict[tuple[str, str], LevelRow]:
+        """The same rows as :meth:`lock`, committed values, without locking: for decisions
+        that can only refuse (a refusal on a snapshot is as if it came just before)."""
+        wanted = sorted(set(skus))
+        if not wanted:
+            return {}
+        rows = await self.conn.fetch(_LOCK_SQL.replace("FOR UPDATE OF l", ""), wanted)
+        return {(r["sku"], r["location"]): _row(r) for r in rows}
 
     async def ensure(self, sku: str, location: str) -> None:
         """Create an empty level (nothing to record in the ledger: all zeros). A new level
