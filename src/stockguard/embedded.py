@@ -25,6 +25,7 @@ def _runtime_dir() -> str:
     path is too long for a unix socket."""
     path = Path(tempfile.gettempdir()) / f"stockguard-{os.getuid()}"
     path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)  # platformdirs ignores a runtime dir others can read
     return str(path)
 
 
