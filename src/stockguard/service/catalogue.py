@@ -333,7 +333,8 @@ async def availability(
     cached: dict[str, tuple[int, dict[str, int]] | None] = dict.fromkeys(wanted)
     if backends.cache is not None:
         try:
-            cached = await asyncio.wait_for(backends.cache.read(wanted), backends.redis_timeout)
+            async with asyncio.timeout(backends.redis_timeout):
+                cached = await backends.cache.read(wanted)
         except CACHE_ERRORS:
             cached = dict.fromkeys(wanted)
     missing = [s for s in wanted if cached.get(s) is None]

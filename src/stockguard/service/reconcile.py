@@ -38,7 +38,8 @@ async def _check(
     assert backends.cache is not None
     async with backends.pool.acquire() as conn:
         pg = await load_availability(conn, skus)
-    cached = await asyncio.wait_for(backends.cache.read(list(skus)), backends.redis_timeout * 4)
+    async with asyncio.timeout(backends.redis_timeout * 4):
+        cached = await backends.cache.read(list(skus))
     drifted = [s for s in skus if _differs(pg[s], cached[s])]
     report.checked += len(skus)
     for sku in drifted:

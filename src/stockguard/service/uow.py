@@ -62,7 +62,9 @@ async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
 async def _write_cache(backends: Backends, conn: Conn, skus: list[str]) -> None:
     assert backends.cache is not None
     states = await stamp_and_load(conn, skus)
-    await asyncio.wait_for(backends.cache.write(states.values()), backends.redis_timeout)
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+    async with asyncio.timeout(backends.redis_timeout):
+        await backends.cache.write(states.values())
 
 
 async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -72,9 +71,16 @@ def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[N
     return [asyncio.create_task(loop) for loop in loops]
 
 
-async def stop_workers(tasks: list[asyncio.Task[None]]) -> None:
+async def stop_workers(tasks: list[asyncio.Task[None]], grace: float = 10.0) -> None:
+    """Cancel the loops and wait for them, at most ``grace`` seconds (a loop in the middle
+    of a transaction finishes or rolls it back first)."""
     for task in tasks:
         task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        log.error("worker_did_not_stop", task=task.get_name())
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("worker_failed_at_stop", task=task.get_name(), error=repr(task.exception()))
