@@ -7,10 +7,9 @@ still arrive) and is cancelled after the abandonment window.
 
 from __future__ import annotations
 
-from stockguard.domain.model import LogAction, MovementReason, OrderStatus
-from stockguard.service.orders import cancel_order
+from stockguard.domain.model import LogAction, MovementReason, OrderStatus, ReservationStatus
+from stockguard.service.orders import OVERDUE, cancel_order, move_reservations
 from stockguard.service.uow import Backends, UnitOfWork, run
-from stockguard.store.levels import Delta
 from stockguard.store.orders import LogEntry, insert_logs, load_order
 
 __all__ = ["ACTOR", "abandon_stale", "expire_due", "expire_order"]
@@ -26,29 +25,11 @@ async def expire_order(backends: Backends, order_id: str, actor: str = ACTOR) ->
         order = await load_order(uow.conn, order_id, skip_locked=True)
         if order is None or order.deleted_at is not None or order.status != OrderStatus.PENDING:
             return 0
-        expired = await uow.conn.fetch(
-            "UPDATE reservations SET status = 'expired', updated_at = now() "
-            "WHERE order_id = $1 AND status = 'reserved' AND expires_at <= now() "
-            "RETURNING id, sku, location, quantity",
-            order_id,
+        expired = await move_reservations(
+            uow, order_id, OVERDUE, ReservationStatus.EXPIRED, MovementReason.EXPIRE
         )
         if not expired:
             return 0
-        await uow.levels.lock({r["sku"] for r in expired})
-        await uow.levels.apply(
-            [
-                Delta(
-                    r["sku"],
-                    r["location"],
-                    0,
-                    -r["quantity"],
-                    MovementReason.EXPIRE.value,
-                    order_id,
-                    r["id"],
-                )
-                for r in expired
-            ]
-        )
         await insert_logs(
             uow.conn,
             uow.actor,

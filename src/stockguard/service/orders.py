@@ -59,12 +59,14 @@ __all__ = [
     "cancel_order",
     "delete_order",
     "get_order",
+    "move_reservations",
     "order_hash",
     "pay",
     "pay_order",
     "place_order",
     "place_orders",
     "record_payment",
+    "set_order_status",
     "set_status",
 ]
 
@@ -468,7 +470,7 @@ async def _locked(uow: UnitOfWork, order_id: str) -> OrderRecord:
     return order
 
 
-async def _set_order_status(
+async def set_order_status(
     uow: UnitOfWork, order: OrderRecord, status: OrderStatus, **extra: object
 ) -> None:
     sets = ["status = $2", "updated_at = now()"]
@@ -482,31 +484,56 @@ async def _set_order_status(
 # ---------------------------------------------------------------- restoring
 
 
+# Which reservations each move takes, as literal SQL so the partial indexes apply.
+_HELD = "status IN ('reserved', 'committed')"
+_COMMITTED = "status = 'committed'"
+OVERDUE = "status = 'reserved' AND expires_at <= now()"
+
+
+async def move_reservations(
+    uow: UnitOfWork,
+    order_id: str,
+    which: str,
+    to: ReservationStatus,
+    reason: MovementReason,
+    *,
+    shipped: bool = False,
+) -> list[asyncpg.Record]:
+    """Move the order's reservations matching ``which`` to ``to`` and take their units out
+    of ``reserved`` (and of ``on_hand`` when ``shipped``), with the ledger. The status in
+    ``which`` is the guard: a reservation is moved, and its units given back, only once."""
+    rows: list[asyncpg.Record] = await uow.conn.fetch(
+        f"UPDATE reservations SET status = $2, updated_at = now() "
+        f"WHERE order_id = $1 AND {which} RETURNING id, sku, location, quantity",
+        order_id,
+        to.value,
+    )
+    if rows:
+        await uow.levels.lock({r["sku"] for r in rows})
+        await uow.levels.apply(
+            [
+                Delta(
+                    r["sku"],
+                    r["location"],
+                    -r["quantity"] if shipped else 0,
+                    -r["quantity"],
+                    reason.value,
+                    order_id,
+                    r["id"],
+                )
+                for r in rows
+            ]
+        )
+    return rows
+
+
 async def restore(uow: UnitOfWork, order: OrderRecord, via: str) -> int:
     """Give back everything the order still holds: exactly once, by the status guard."""
-    released = await uow.conn.fetch(
-        "UPDATE reservations SET status = 'released', updated_at = now() "
-        "WHERE order_id = $1 AND status IN ('reserved', 'committed') "
-        "RETURNING id, sku, location, quantity",
-        order.id,
+    released = await move_reservations(
+        uow, order.id, _HELD, ReservationStatus.RELEASED, MovementReason.RELEASE
     )
     if not released:
         return 0
-    await uow.levels.lock({r["sku"] for r in released})
-    await uow.levels.apply(
-        [
-            Delta(
-                r["sku"],
-                r["location"],
-                0,
-                -r["quantity"],
-                MovementReason.RELEASE.value,
-                order.id,
-                r["id"],
-            )
-            for r in released
-        ]
-    )
     ids = [r["id"] for r in released]
     units: dict[str, int] = {}
     for r in released:
@@ -536,7 +563,7 @@ async def cancel_order(
         if order.status not in CANCELLABLE:
             raise InvalidTransition(order.status.value, OrderStatus.CANCELLED.value)
         await restore(uow, order, via="cancel")
-        await _set_order_status(uow, order, OrderStatus.CANCELLED, cancel_reason=reason)
+        await set_order_status(uow, order, OrderStatus.CANCELLED, cancel_reason=reason)
         return await _fresh(uow.conn, order_id)
 
     return await run(backends, actor, body, operation="cancel_order")
@@ -574,25 +601,13 @@ async def _fulfil(uow: UnitOfWork, order: OrderRecord) -> None:
             OrderStatus.SHIPPED.value,
             "the order's stock is not fully committed; recover it first",
         )
-    shipped = await uow.conn.fetch(
-        "UPDATE reservations SET status = 'fulfilled', updated_at = now() "
-        "WHERE order_id = $1 AND status = 'committed' RETURNING id, sku, location, quantity",
+    shipped = await move_reservations(
+        uow,
         order.id,
-    )
-    await uow.levels.lock({r["sku"] for r in shipped})
-    await uow.levels.apply(
-        [
-            Delta(
-                r["sku"],
-                r["location"],
-                -r["quantity"],
-                -r["quantity"],
-                MovementReason.FULFIL.value,
-                order.id,
-                r["id"],
-            )
-            for r in shipped
-        ]
+        _COMMITTED,
+        ReservationStatus.FULFILLED,
+        MovementReason.FULFIL,
+        shipped=True,
     )
     await insert_logs(
         uow.conn, uow.actor, [LogEntry(order.id, LogAction.FULFILLED, [r["id"] for r in shipped])]
@@ -612,7 +627,7 @@ async def set_status(
             return order
         if target == OrderStatus.SHIPPED:
             await _fulfil(uow, order)
-        await _set_order_status(uow, order, target)
+        await set_order_status(uow, order, target)
         await insert_logs(
             uow.conn,
             uow.actor,
@@ -711,7 +726,7 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
             ],
         )
         if order.status == OrderStatus.PAID:
-            await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+            await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
         return await _fresh(uow.conn, order_id)
     if order.status != OrderStatus.PENDING:
         raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
@@ -730,7 +745,7 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
                 )
             ],
         )
-        await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+        await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
         return await _fresh(uow.conn, order_id)
     rereserved = await rereserve_missing(uow, order)
     if isinstance(rereserved, OutOfStock):
@@ -750,10 +765,10 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
                 )
             ],
         )
-        await _set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+        await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
         return await _fresh(uow.conn, order_id)
     await commit_reserved(uow, order)
-    await _set_order_status(uow, order, OrderStatus.PAID)
+    await set_order_status(uow, order, OrderStatus.PAID)
     return await _fresh(uow.conn, order_id)
 
 
@@ -814,7 +829,7 @@ async def _record_unpaid_commit(
         if order.payment_id is not None or order.status != OrderStatus.PENDING:
             return
         await record_payment(uow, order_id, proof)
-        await _set_order_status(uow, order, OrderStatus.PAID)
+        await set_order_status(uow, order, OrderStatus.PAID)
 
     try:
         await run(backends, actor, body, operation="record_payment")

@@ -20,7 +20,7 @@ from stockguard.domain.errors import InvalidTransition, NotFound, OutOfStock, St
 from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus
 from stockguard.logging import get_logger
 from stockguard.service.failsafe import write_failure_log
-from stockguard.service.orders import commit_reserved, rereserve_missing
+from stockguard.service.orders import commit_reserved, rereserve_missing, set_order_status
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.orders import LogEntry, OrderRecord, insert_logs, load_order, load_orders
 
@@ -124,7 +124,7 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
                 )
             ],
         )
-        await _status(uow, order.id, OrderStatus.NEEDS_REVIEW)
+        await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
         return Recovery(Outcome.FAILED, await load_order(uow.conn, order.id), log_id)
     committed = await commit_reserved(uow, order)
     (log_id,) = await insert_logs(
@@ -139,14 +139,8 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
             )
         ],
     )
-    await _status(uow, order.id, OrderStatus.PAID)
+    await set_order_status(uow, order, OrderStatus.PAID)
     return Recovery(Outcome.SUCCESS, await load_order(uow.conn, order.id), log_id)
-
-
-async def _status(uow: UnitOfWork, order_id: str, status: OrderStatus) -> None:
-    await uow.conn.execute(
-        "UPDATE orders SET status = $2, updated_at = now() WHERE id = $1", order_id, status.value
-    )
 
 
 async def recover_order(
@@ -271,7 +265,7 @@ async def resolve_order(
                 "every reservation must be committed first: run recovery, or adjust "
                 "stock and recover",
             )
-        await _status(uow, order.id, target)
+        await set_order_status(uow, order, target)
         await insert_logs(
             uow.conn,
             uow.actor,
