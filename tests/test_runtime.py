@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -297,7 +298,7 @@ async def test_open_backends_without_cache_and_without_migrating(
     async with open_backends(settings, resolve_endpoints(settings), migrate=False) as backends:
         assert backends.cache is None
         assert backends.cache_mode is CacheMode.DISABLED
-        expected = servers.database_url.rsplit("/", 1)[-1].split("?")[0]
+        expected = urlsplit(servers.database_url).path.lstrip("/")
         assert await backends.pool.fetchval("SELECT current_database()") == expected
 
 
