@@ -121,6 +121,14 @@ def backends(pool: asyncpg.Pool, cache: RedisCache) -> Backends:
     return Backends(pool=pool, cache=cache, cache_mode=CacheMode.STRICT, redis_timeout=2.0)
 
 
+@pytest.fixture
+async def impatient(migrated: str, backends: Backends) -> AsyncIterator[Backends]:
+    """Backends whose transactions give up on a lock after 200 ms (lock_timeout)."""
+    pool = await connect_pool(migrated, min_size=1, max_size=3, lock_timeout_ms=200)
+    yield Backends(pool, backends.cache, backends.cache_mode, backends.redis_timeout)
+    await pool.close()
+
+
 @pytest.fixture(scope="session")
 def settings(servers: Servers) -> Settings:
     return Settings(

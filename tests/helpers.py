@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -74,3 +75,19 @@ async def race(*contenders: Callable[[], Awaitable[T]]) -> list[T | BaseExceptio
         return await fn()
 
     return await asyncio.gather(*(go(fn) for fn in contenders), return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def holding_locks(
+    pool: asyncpg.Pool, select_for_update: str, *args: object
+) -> AsyncIterator[None]:
+    """Another transaction holds the row locks of ``select_for_update`` meanwhile, and
+    rolls back afterwards."""
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute(select_for_update, *args)
+            yield
+        finally:
+            await tx.rollback()

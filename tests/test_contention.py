@@ -3,10 +3,6 @@ lock timeout reaches the client as 503 ``busy`` with nothing changed."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
-import asyncpg
 import httpx
 import pytest
 
@@ -16,25 +12,10 @@ from stockguard.domain.errors import OutOfStock
 from stockguard.service import orders
 from stockguard.service.orders import PlaceOrder
 from stockguard.service.uow import Backends
-from stockguard.store.db import connect_pool
 from tests.conftest import Keys, Stocker
-from tests.helpers import level
+from tests.helpers import holding_locks, level
 
-
-@pytest.fixture
-async def impatient(migrated: str, backends: Backends) -> AsyncIterator[Backends]:
-    """Backends whose transactions give up on a lock after 200 ms."""
-    pool = await connect_pool(migrated, min_size=1, max_size=3, lock_timeout_ms=200)
-    yield Backends(pool, backends.cache, backends.cache_mode, backends.redis_timeout)
-    await pool.close()
-
-
-@contextlib.asynccontextmanager
-async def holding_levels(pool: asyncpg.Pool, sku: str) -> AsyncIterator[None]:
-    """Another transaction holds the SKU's level locks meanwhile."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM inventory_levels WHERE sku = $1 FOR UPDATE", sku)
-        yield
+LEVELS_OF_SKU = "SELECT 1 FROM inventory_levels WHERE sku = $1 FOR UPDATE"
 
 
 async def test_sold_out_sku_refuses_without_waiting_for_its_locks(
@@ -43,7 +24,7 @@ async def test_sold_out_sku_refuses_without_waiting_for_its_locks(
     sku, loc = f"S{uid}", f"w{uid}"
     await stock({sku: {loc: 1}})
     await orders.place_order(backends, PlaceOrder(f"a{uid}", ((sku, 1),)), "t")
-    async with holding_levels(backends.pool, sku):
+    async with holding_locks(backends.pool, LEVELS_OF_SKU, sku):
         # With the rows locked elsewhere, a buyer that queued for them would time out.
         with pytest.raises(OutOfStock) as refused:
             await orders.place_order(impatient, PlaceOrder(f"b{uid}", ((sku, 1),)), "t")
@@ -62,7 +43,7 @@ async def test_lock_timeout_is_503_busy_and_changes_nothing(
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
     ) as client:
-        async with holding_levels(backends.pool, sku):
+        async with holding_locks(backends.pool, LEVELS_OF_SKU, sku):
             r = await client.post(
                 "/v1/orders", json={"id": f"o{uid}", "lines": [{"sku": sku, "quantity": 1}]}
             )

@@ -34,12 +34,12 @@ from stockguard.service.recovery import (
     resolve_order,
 )
 from stockguard.service.uow import Backends
-from stockguard.store.db import connect_pool
 from stockguard.store.orders import LogEntry, OrderRecord
 from tests.conftest import Keys, Stocker
-from tests.helpers import assert_invariants, level, log_actions, race
+from tests.helpers import assert_invariants, holding_locks, level, log_actions, race
 
 STRIPE_SECRET = "whsec_test_secret"
+RESERVATIONS_OF_ORDER = "SELECT 1 FROM reservations WHERE order_id = $1 FOR UPDATE"
 RAZORPAY_SECRET = "rzp_webhook_secret"
 
 
@@ -136,30 +136,15 @@ async def test_expiry_worker_never_releases_a_paid_orders_stock(
 # ------------------------------------------------------------ transient failures
 
 
-@pytest.fixture
-async def impatient(migrated: str, backends: Backends) -> AsyncIterator[Backends]:
-    """Backends whose transactions give up on a lock after 200 ms."""
-    pool = await connect_pool(migrated, min_size=1, max_size=5, lock_timeout_ms=200)
-    yield Backends(pool, backends.cache, backends.cache_mode, backends.redis_timeout)
-    await pool.close()
-
-
 async def test_transient_db_error_during_commit_keeps_payment_and_recovers(
     backends: Backends, impatient: Backends, stock: Stocker, uid: str
 ) -> None:
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 4}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
-    blocker = await backends.pool.acquire()
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM reservations WHERE order_id = $1 FOR UPDATE", oid)
+    async with holding_locks(backends.pool, RESERVATIONS_OF_ORDER, oid):
         with pytest.raises(asyncpg.LockNotAvailableError):
             await orders.pay_order(impatient, oid, PaymentProof("stripe", "pi_t"), "t")
-        await tx.rollback()
-    finally:
-        await backends.pool.release(blocker)
     after = await orders.get_order(backends, oid)
     assert after.status == OrderStatus.PAID
     assert after.payment_id == "pi_t"
@@ -193,15 +178,8 @@ async def test_transient_db_error_during_recovery_logs_failure_and_needs_review(
     await backends.pool.execute(
         "UPDATE reservations SET status = 'reserved' WHERE order_id = $1", oid
     )
-    blocker = await backends.pool.acquire()
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM reservations WHERE order_id = $1 FOR UPDATE", oid)
+    async with holding_locks(backends.pool, RESERVATIONS_OF_ORDER, oid):
         result = await recover_order(impatient, oid, "t")
-        await tx.rollback()
-    finally:
-        await backends.pool.release(blocker)
     assert result is not None
     assert result.outcome == Outcome.FAILED
     assert result.order is not None
