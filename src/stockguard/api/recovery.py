@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter
 
+from stockguard.api.routes import Admin, After, B, Limit
 from stockguard.api.schemas import decode_cursor, order_json, page
-from stockguard.domain.errors import Forbidden, ValidationFailed
+from stockguard.domain.errors import ValidationFailed
 from stockguard.service.recovery import list_needs_review, list_paid_uncommitted, recover_order
-from stockguard.service.uow import Backends
-from stockguard.store.keys import ApiKey
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["admin"])
-
-
-async def _admin(request: Request) -> ApiKey:
-    from stockguard.api.routes import principal
-
-    key = await principal(request)
-    if key.role != "admin":
-        raise Forbidden("this needs an admin key")
-    return key
-
-
-def _backends(request: Request) -> Backends:
-    b: Backends = request.app.state.backends
-    return b
-
-
-Admin = Annotated[ApiKey, Depends(_admin)]
-B = Annotated[Backends, Depends(_backends)]
-Limit = Annotated[int, Query(ge=1, le=500)]
-After = Annotated[str | None, Query(max_length=500)]
 
 
 def _after(after: str | None) -> tuple[datetime, str] | None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from stockguard.api.routes import B
 from stockguard.api.schemas import order_json
 from stockguard.config import Settings
 from stockguard.service.uow import Backends
@@ -17,17 +18,11 @@ __all__ = ["router"]
 router = APIRouter(tags=["webhooks"])
 
 
-def _backends(request: Request) -> Backends:
-    b: Backends = request.app.state.backends
-    return b
-
-
 def _settings(request: Request) -> Settings:
     s: Settings = request.app.state.settings
     return s
 
 
-B = Annotated[Backends, Depends(_backends)]
 S = Annotated[Settings, Depends(_settings)]
 
 
