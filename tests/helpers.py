@@ -91,3 +91,21 @@ async def holding_locks(
             yield
         finally:
             await tx.rollback()
+
+
+async def make_overdue(pool: asyncpg.Pool, order_id: str, sku: str | None = None) -> None:
+    """Move the order's reservations (or one SKU's) past their ``expires_at``."""
+    await pool.execute(
+        "UPDATE reservations SET expires_at = now() - interval '1 second' "
+        "WHERE order_id = $1 AND ($2::text IS NULL OR sku = $2)",
+        order_id,
+        sku,
+    )
+
+
+async def expire_now(backends: Backends, order_id: str, sku: str | None = None) -> int:
+    """Make the order's reservations (or one SKU's) overdue and run the expiry on it."""
+    from stockguard.service.expiry import expire_order
+
+    await make_overdue(backends.pool, order_id, sku)
+    return await expire_order(backends, order_id)

@@ -33,7 +33,14 @@ from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.reconcile import reconcile
 from stockguard.service.uow import Backends
 from tests.conftest import Keys, Stocker
-from tests.helpers import assert_cache_parity, assert_invariants, ledger, level, race
+from tests.helpers import (
+    assert_cache_parity,
+    assert_invariants,
+    expire_now,
+    ledger,
+    level,
+    race,
+)
 
 
 @dataclass
@@ -166,12 +173,7 @@ async def test_redis_failure_rolls_back_every_level_change(
         await orders.pay_order(b, oid, PaymentProof("manual", "p"), "t")
         await orders.set_status(b, oid, OrderStatus.PROCESSING, "t")
     if operation == "pay_late":
-        await b.pool.execute(
-            "UPDATE reservations SET expires_at = now() - interval '1 s' WHERE order_id = $1", oid
-        )
-        from stockguard.service.expiry import expire_order
-
-        await expire_order(b, oid)
+        await expire_now(b, oid)
     before = await _snapshot(b.pool, sku, loc)
     status_before = None if operation == "reserve" else (await orders.get_order(b, oid)).status
     own.kill()

@@ -14,6 +14,7 @@ from stockguard.service import catalogue, orders
 from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.uow import Backends
 from tests.conftest import Servers
+from tests.helpers import expire_now
 
 
 @pytest.fixture
@@ -31,12 +32,7 @@ async def _needs_review(backends: Backends, sku: str, loc: str, oid: str) -> Non
     await catalogue.put_sku(backends, sku, sku)
     await catalogue.adjust_stock(backends, catalogue.Adjustment(sku, loc, "received", delta=1), "t")
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    await backends.pool.execute(
-        "UPDATE reservations SET expires_at = now() - interval '1 s' WHERE order_id = $1", oid
-    )
-    from stockguard.service.expiry import expire_order
-
-    await expire_order(backends, oid)
+    await expire_now(backends, oid)
     await orders.place_order(backends, PlaceOrder(f"{oid}x", ((sku, 1),)), "t")
     late = await orders.pay_order(backends, oid, PaymentProof("razorpay", "pay_9"), "t")
     assert late.status == OrderStatus.NEEDS_REVIEW

@@ -36,22 +36,18 @@ from stockguard.service.recovery import (
 from stockguard.service.uow import Backends
 from stockguard.store.orders import LogEntry, OrderRecord
 from tests.conftest import Keys, Stocker
-from tests.helpers import assert_invariants, holding_locks, level, log_actions, race
+from tests.helpers import (
+    assert_invariants,
+    expire_now,
+    holding_locks,
+    level,
+    log_actions,
+    race,
+)
 
 STRIPE_SECRET = "whsec_test_secret"
 RESERVATIONS_OF_ORDER = "SELECT 1 FROM reservations WHERE order_id = $1 FOR UPDATE"
 RAZORPAY_SECRET = "rzp_webhook_secret"
-
-
-async def _expire(backends: Backends, order_id: str, sku: str | None = None) -> None:
-    """Make the order's reservations (or one SKU's) overdue and run the expiry."""
-    await backends.pool.execute(
-        "UPDATE reservations SET expires_at = now() - interval '1 second' "
-        "WHERE order_id = $1 AND ($2::text IS NULL OR sku = $2)",
-        order_id,
-        sku,
-    )
-    await expire_order(backends, order_id)
 
 
 def _statuses(order: OrderRecord) -> list[str]:
@@ -67,7 +63,7 @@ async def test_expired_reservation_at_payment_time_stock_still_free_is_paid(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 5}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
-    await _expire(backends, oid)
+    await expire_now(backends, oid)
     assert await level(backends.pool, sku, loc) == (5, 0)
     paid = await orders.pay_order(backends, oid, PaymentProof("stripe", "pi_1"), "t")
     assert paid.status == OrderStatus.PAID
@@ -82,7 +78,7 @@ async def test_expired_reservation_stock_taken_goes_to_needs_review(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 2}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
-    await _expire(backends, oid)
+    await expire_now(backends, oid)
     await orders.place_order(backends, PlaceOrder(f"thief{uid}", ((sku, 1),)), "t")
     late = await orders.pay_order(backends, oid, PaymentProof("razorpay", "pay_1"), "t")
     assert late.status == OrderStatus.NEEDS_REVIEW
@@ -105,7 +101,7 @@ async def test_partial_reservation_state_some_lines_expired_is_recommitted(
     a, b, loc, oid = f"A{uid}", f"B{uid}", f"w{uid}", f"o{uid}"
     await stock({a: {loc: 3}, b: {loc: 3}})
     await orders.place_order(backends, PlaceOrder(oid, ((a, 1), (b, 2))), "t")
-    await _expire(backends, oid, sku=b)  # one line expired, the other still reserved
+    await expire_now(backends, oid, sku=b)  # one line expired, the other still reserved
     paid = await orders.pay_order(backends, oid, PaymentProof("manual", "m1"), "t")
     assert paid.status == OrderStatus.PAID
     assert _statuses(paid) == ["committed", "committed", "expired"]
@@ -287,7 +283,7 @@ async def test_failed_recovery_marks_needs_review_and_never_releases(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 2}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
-    await _expire(backends, oid)
+    await expire_now(backends, oid)
     await orders.place_order(backends, PlaceOrder(f"x{uid}", ((sku, 2),)), "t")
     late = await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
     assert late.status == OrderStatus.NEEDS_REVIEW

@@ -24,6 +24,7 @@ from tests.helpers import (
     ledger,
     level,
     log_actions,
+    make_overdue,
     race,
 )
 
@@ -136,10 +137,7 @@ async def test_cancel_racing_expiry_restores_once(
         sku, loc, oid = f"E{uid}{n}", f"w{uid}", f"o{uid}-{n}"
         await stock({sku: {loc: 5}})
         await orders.place_order(backends, PlaceOrder(oid, ((sku, 3),)), "t")
-        await backends.pool.execute(
-            "UPDATE reservations SET expires_at = now() - interval '1 second' WHERE order_id = $1",
-            oid,
-        )
+        await make_overdue(backends.pool, oid)
         contenders: list[Callable[[], Awaitable[object]]] = [
             partial(orders.cancel_order, backends, oid, "t"),
             partial(expire_order, backends, oid),

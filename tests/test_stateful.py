@@ -18,12 +18,11 @@ from stockguard.config import CacheMode
 from stockguard.domain.errors import InsufficientStock, InvalidTransition, OutOfStock
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
-from stockguard.service.expiry import expire_order
 from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.uow import Backends
 from stockguard.store.db import connect_pool
 from tests.conftest import Servers
-from tests.helpers import assert_cache_parity, assert_invariants
+from tests.helpers import assert_cache_parity, assert_invariants, expire_now
 
 LOCATIONS = ("a", "b")
 SKUS = ("x", "y", "z")
@@ -200,15 +199,7 @@ class StockMachine(RuleBasedStateMachine):
         if oid is None:
             return
 
-        async def go() -> int:
-            await self.backends.pool.execute(
-                "UPDATE reservations SET expires_at = now() - interval '1 second' "
-                "WHERE order_id = $1",
-                oid,
-            )
-            return await expire_order(self.backends, oid)
-
-        self.runner.run(go())
+        self.runner.run(expire_now(self.backends, oid))
         o = self.model.orders[oid]
         if o.status == "pending":  # a paid order's stock is never released by expiry
             self._release(o)
