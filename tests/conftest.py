@@ -31,6 +31,8 @@ from stockguard.store import keys
 from stockguard.store.db import connect_pool
 from stockguard.store.migrate import upgrade_async
 
+pytest_plugins = ["tests.redis_faults"]
+
 RUN_ID = secrets.token_hex(4)
 
 

@@ -3,22 +3,17 @@ ports and kill, pause, flush and restart them (DESIGN.md §5, seed 000)."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from stockguard.api.app import build_app
 from stockguard.cache.redis_cache import RedisCache
-from stockguard.config import CacheMode, Settings
+from stockguard.config import Settings
 from stockguard.domain.errors import (
     CacheUnavailable,
     InsufficientStock,
@@ -27,7 +22,6 @@ from stockguard.domain.errors import (
     OutOfStock,
 )
 from stockguard.domain.model import OrderStatus
-from stockguard.embedded import EmbeddedRedis, start_redis
 from stockguard.service import catalogue, orders
 from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.reconcile import reconcile
@@ -41,66 +35,7 @@ from tests.helpers import (
     level,
     race,
 )
-
-
-@dataclass
-class OwnRedis:
-    """A redis-server of this test's own, and Backends that use it."""
-
-    server: EmbeddedRedis
-    data: Path
-    client: aioredis.Redis
-    strict: Backends
-    degraded: Backends
-
-    def kill(self) -> None:
-        self.server.stop()
-
-    def restart(self) -> None:
-        self.server = start_redis(self.data, port=self.server.port)
-
-    def pause(self) -> None:
-        assert self.server.process is not None
-        os.kill(self.server.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.server.process is not None
-        os.kill(self.server.process.pid, signal.SIGCONT)
-
-
-@pytest.fixture
-async def own(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    server = start_redis(tmp_path)
-    client = aioredis.Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
-    cache = RedisCache(client, "t:")
-    own = OwnRedis(
-        server=server,
-        data=tmp_path,
-        client=client,
-        strict=Backends(pool, cache, CacheMode.STRICT, 0.3),
-        degraded=Backends(pool, cache, CacheMode.DEGRADED, 0.3),
-    )
-    yield own
-    if own.server.process is not None and own.server.process.poll() is None:
-        own.resume()
-    await client.aclose()
-    own.server.stop()
-
-
-@pytest.fixture
-def stock_in(own: OwnRedis) -> Callable[[dict[str, dict[str, int]]], Awaitable[None]]:
-    async def make(levels: dict[str, dict[str, int]]) -> None:
-        b = own.strict
-        for per in levels.values():
-            for loc in per:
-                await catalogue.put_location(b, loc, loc, 1, True, "t")
-        for sku, per in levels.items():
-            await catalogue.put_sku(b, sku, sku)
-            for loc, qty in per.items():
-                adj = catalogue.Adjustment(sku, loc, "received", delta=qty)
-                await catalogue.adjust_stock(b, adj, "t")
-
-    return make
+from tests.redis_faults import OwnRedis
 
 
 async def _snapshot(pool: asyncpg.Pool, sku: str, loc: str) -> tuple[object, ...]:

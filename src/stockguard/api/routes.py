@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stockguard.api.schemas import (
     AdjustmentIn,
@@ -467,27 +469,63 @@ async def reconcile_cache(_key: Admin, b: B, body: ReconcileIn | None = None) ->
 # ------------------------------------------------------------ operations
 
 
+HEALTH_POOL_WAIT_SECONDS = 5.0
+
+
 @router.get("/healthz", tags=["operations"])
-async def healthz() -> Any:
-    return {"ok": True}
+async def healthz(b: B) -> JSONResponse:
+    """Alive: the event loop answers and the pool can hand out a connection. A pool that
+    cannot within a few seconds while PostgreSQL itself answers is a wedged process
+    (restart it); PostgreSQL being down is not this process's fault (see /readyz)."""
+    try:
+        async with asyncio.timeout(HEALTH_POOL_WAIT_SECONDS), b.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except TimeoutError:
+        return _json(
+            {
+                "ok": False,
+                "reason": f"no pooled database connection within {HEALTH_POOL_WAIT_SECONDS:g} s",
+            },
+            503,
+        )
+    except Exception:  # noqa: S110 - unreachable database: not ready, still alive
+        pass
+    return _json({"ok": True}, 200)
 
 
 @router.get("/readyz", tags=["operations"])
 async def readyz(b: B) -> JSONResponse:
     checks: dict[str, bool] = {}
+    reasons: dict[str, str] = {}
     try:
-        checks["postgres"] = await b.pool.fetchval("SELECT true") is True
-    except Exception:
+        async with asyncio.timeout(HEALTH_POOL_WAIT_SECONDS):
+            checks["postgres"] = await b.pool.fetchval("SELECT true") is True
+    except Exception as exc:
         checks["postgres"] = False
+        reasons["postgres"] = _why(exc)
     if b.cache is not None:
         try:
-            checks["redis"] = await b.cache.ping()
-        except Exception:
+            async with asyncio.timeout(b.redis_timeout):
+                checks["redis"] = await b.cache.ping()
+        except Exception as exc:
             checks["redis"] = False
+            reasons["redis"] = _why(exc)
     # Only strict mode needs Redis to change stock; degraded mode sells on without it.
     needed = ["postgres", "redis"] if b.cache_mode is CacheMode.STRICT else ["postgres"]
     ok = all(checks.get(name, True) for name in needed)
-    return _json({"ok": ok, "mode": b.cache_mode.value, "checks": checks}, 200 if ok else 503)
+    body: dict[str, Any] = {"ok": ok, "mode": b.cache_mode.value, "checks": checks}
+    if reasons:
+        body["reasons"] = reasons
+    return _json(body, 200 if ok else 503)
+
+
+def _why(exc: BaseException) -> str:
+    """A reason an operator can act on, without internals (no addresses, no secrets)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError | RedisConnectionError):
+        return "connection refused or lost"
+    return type(exc).__name__
 
 
 @router.get("/metrics", tags=["operations"])

@@ -331,12 +331,15 @@ async def availability(
     wanted = list(dict.fromkeys(skus))
     allowed = await _channel_locations(backends, channel) if channel else None
     cached: dict[str, tuple[int, dict[str, int]] | None] = dict.fromkeys(wanted)
-    if backends.cache is not None:
+    if backends.cache is not None and backends.breaker.allow():
         try:
             async with asyncio.timeout(backends.redis_timeout):
                 cached = await backends.cache.read(wanted)
         except CACHE_ERRORS:
+            backends.breaker.failed()
             cached = dict.fromkeys(wanted)
+        else:
+            backends.breaker.succeeded()
     missing = [s for s in wanted if cached.get(s) is None]
     from_db: dict[str, dict[str, int]] = {}
     if missing:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import asyncpg
 from redis.exceptions import RedisError
 
+from stockguard.cache.breaker import CacheBreaker
 from stockguard.cache.redis_cache import RedisCache, stamp_and_load
 from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable
@@ -26,7 +27,7 @@ from stockguard.metrics import CACHE_SYNC_FAILURES, COMPENSATION_FAILED, OPERATI
 from stockguard.store.db import Conn, retrying
 from stockguard.store.levels import LevelWriter
 
-__all__ = ["Backends", "UnitOfWork", "mark_dirty", "repair_cache", "run"]
+__all__ = ["Backends", "CacheSkipped", "UnitOfWork", "mark_dirty", "repair_cache", "run"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -42,6 +43,11 @@ class Backends:
     cache: RedisCache | None
     cache_mode: CacheMode = CacheMode.STRICT
     redis_timeout: float = 0.5
+    breaker: CacheBreaker = field(default_factory=CacheBreaker)
+
+
+class CacheSkipped(ConnectionError):
+    """Redis was not even tried: the breaker is open after a recent failure."""
 
 
 @dataclass
@@ -59,12 +65,21 @@ async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
     )
 
 
-async def _write_cache(backends: Backends, conn: Conn, skus: list[str]) -> None:
+async def _write_cache(
+    backends: Backends, conn: Conn, skus: list[str], *, gated: bool = True
+) -> None:
     assert backends.cache is not None
+    if gated and not backends.breaker.allow():
+        raise CacheSkipped("the availability cache failed a moment ago")
     states = await stamp_and_load(conn, skus)
-    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-    async with asyncio.timeout(backends.redis_timeout):
-        await backends.cache.write(states.values())
+    try:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+        async with asyncio.timeout(backends.redis_timeout):
+            await backends.cache.write(states.values())
+    except CACHE_ERRORS:
+        backends.breaker.failed()
+        raise
+    backends.breaker.succeeded()
 
 
 async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
@@ -76,7 +91,8 @@ async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
     try:
         async with backends.pool.acquire() as conn, conn.transaction():
             await LevelWriter(conn, "system:cache").lock(wanted)
-            await _write_cache(backends, conn, wanted)
+            # Repairs always try: they are how a recovered Redis gets used again.
+            await _write_cache(backends, conn, wanted, gated=False)
             await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", wanted)
     except CACHE_ERRORS:
         # Outside the rolled-back transaction, so the mark stays.
@@ -85,11 +101,15 @@ async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
         raise
 
 
-async def _after_failed_write(backends: Backends, skus: list[str]) -> None:
-    """A Redis write may have landed before it failed: make sure it cannot linger."""
+async def _after_failed_write(conn: Conn, skus: list[str]) -> None:
+    """A Redis write may have landed before it failed: make sure it cannot linger.
+
+    Runs on the connection the failed transaction already holds (after its rollback):
+    waiting for a second pooled connection while holding one deadlocks the process on
+    its own pool once every connection is held that way (a frozen Redis does exactly
+    that to every request at once)."""
     try:
-        async with backends.pool.acquire() as conn:
-            await mark_dirty(conn, skus)
+        await mark_dirty(conn, skus)
     except Exception:
         COMPENSATION_FAILED.inc()
         log.exception("cache_compensation_failed", skus=skus)
@@ -124,6 +144,7 @@ async def run(
     """Run ``fn`` in one transaction (again after a deadlock), syncing the cache first."""
 
     async def attempt() -> T:
+        failed: BaseException | None = None
         async with backends.pool.acquire() as conn:
             tr = conn.transaction()
             await tr.start()
@@ -133,18 +154,23 @@ async def run(
                 wrote = await _sync_before_commit(backends, uow)
             except CacheUnavailable:
                 await tr.rollback()
-                await _after_failed_write(backends, sorted(uow.levels.touched))
+                await _after_failed_write(conn, sorted(uow.levels.touched))
                 raise
             except BaseException:
                 await tr.rollback()
                 raise
             try:
                 await tr.commit()
-            except BaseException:
-                if wrote:
-                    await _restore_after_failed_commit(backends, sorted(uow.levels.touched))
-                raise
-            return result
+            except BaseException as exc:
+                if not wrote:
+                    raise
+                failed = exc
+        if failed is not None:
+            # Outside the block: the repair takes a connection of its own, and this
+            # request must not hold one while it waits for another.
+            await _restore_after_failed_commit(backends, sorted(uow.levels.touched))
+            raise failed
+        return result
 
     with OPERATION_SECONDS.labels(operation).time():
         return await retrying(attempt)
@@ -156,4 +182,3 @@ async def _restore_after_failed_commit(backends: Backends, skus: list[str]) -> N
     except Exception:
         COMPENSATION_FAILED.inc()
         log.exception("cache_restore_after_failed_commit_failed", skus=skus)
-        await _after_failed_write(backends, skus)
