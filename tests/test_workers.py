@@ -176,7 +176,7 @@ async def test_an_expired_order_is_cancelled_after_the_abandonment_window(
     assert (row["cancel_reason"], row["deleted_at"]) == ("abandoned", None)
     assert await reservation_statuses(backends.pool, unpaid) == [ReservationStatus.EXPIRED]
     # Its units came back once, when the reservation expired; cancelling had nothing left.
-    assert await log_actions(backends.pool, unpaid) == ["RESERVED", "EXPIRED"]
+    assert await log_actions(backends.pool, unpaid) == ["RESERVED", "EXPIRED", "STATUS_CHANGED"]
     assert (await orders.get_order(backends, paid)).status is OrderStatus.PAID
     assert await reservation_statuses(backends.pool, paid) == [ReservationStatus.COMMITTED]
     assert await level(backends.pool, sku, loc) == (10, 5)

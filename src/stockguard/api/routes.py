@@ -38,7 +38,7 @@ from stockguard.service.reconcile import reconcile
 from stockguard.service.uow import Backends
 from stockguard.service.verify import verify
 from stockguard.store import keys
-from stockguard.store.orders import load_orders
+from stockguard.store.orders import find_orders
 
 __all__ = ["router"]
 
@@ -310,17 +310,16 @@ async def list_orders(
 ) -> Any:
     cursor = _order_cursor(after)
     async with b.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT * FROM orders WHERE deleted_at IS NULL "
-            "AND ($1::text IS NULL OR status = $1) "
-            "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) "
-            "ORDER BY created_at, id LIMIT $4",
+        found = await find_orders(
+            conn,
+            "WHERE o.deleted_at IS NULL AND ($1::text IS NULL OR o.status = $1) "
+            "AND ($2::timestamptz IS NULL OR (o.created_at, o.id) > ($2, $3)) "
+            "ORDER BY o.created_at, o.id LIMIT $4",
             status.value if status else None,
             cursor[0] if cursor else None,
             cursor[1] if cursor else "",
             limit,
         )
-        found = await load_orders(conn, rows)
     last = [found[-1].created_at.isoformat(), found[-1].id] if found else None
     return page([order_json(o) for o in found], limit, last)
 

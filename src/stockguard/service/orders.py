@@ -48,6 +48,7 @@ from stockguard.store.orders import (
     LogEntry,
     OrderRecord,
     ReservationRecord,
+    find_orders,
     insert_logs,
     load_order,
 )
@@ -165,8 +166,13 @@ async def _reserve(
     orders: Sequence[tuple[OrderRecord | PlaceOrder, Sequence[Line]]],
     levels: dict[tuple[str, str], LevelRow],
     links: dict[str, dict[str, int]],
+    *,
+    each_alone: bool = False,
 ) -> list[list[Allocation] | OutOfStock]:
-    """Per-order decisions in arrival order against the locked levels."""
+    """Per-order decisions in arrival order against the locked levels. ``each_alone``
+    decides every order against the levels as given, as if it came first: the only
+    refusals that an unlocked snapshot can justify (an order that fits on its own must
+    not be refused because an earlier one, refused later under the lock, took its units)."""
     free = {k: row.available for k, row in levels.items()}
     out: list[list[Allocation] | OutOfStock] = []
     for order, lines in orders:
@@ -182,8 +188,9 @@ async def _reserve(
             OUT_OF_STOCK.inc()
             out.append(OutOfStock(shortages))
             continue
-        for a in allocations:
-            free[(a.sku, a.location)] -= a.quantity
+        if not each_alone:
+            for a in allocations:
+                free[(a.sku, a.location)] -= a.quantity
         out.append(allocations)
     return out
 
@@ -271,13 +278,17 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     )
     assert first is not None
     now: datetime = first["now"]
-    existing_ids = set(first["ids"])
+    existing_ids = list(first["ids"])
     seen_in_batch: set[str] = set()
     to_place: list[_Decision] = []
+    existing = (
+        {o.id: o for o in await find_orders(conn, "WHERE o.id = ANY($1::text[])", existing_ids)}
+        if existing_ids
+        else {}
+    )
     for d in decisions:
-        if d.req.id in existing_ids:
-            found = await load_order(conn, d.req.id)
-            assert found is not None
+        found = existing.get(d.req.id)
+        if found is not None:
             if found.request_hash != order_hash(d.req) or found.deleted_at is not None:
                 d.error = Conflict(f"order {d.req.id} exists with other content")
             else:
@@ -301,7 +312,9 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     # SKU answers its buyers without touching its hot rows.
     snapshot = await uow.levels.peek({sku for d in placeable for sku, _ in d.req.lines})
     for d, seen in zip(
-        placeable, await _reserve(uow, _lines(placeable), snapshot, links), strict=True
+        placeable,
+        await _reserve(uow, _lines(placeable), snapshot, links, each_alone=True),
+        strict=True,
     ):
         if isinstance(seen, OutOfStock):
             d.error = seen

@@ -22,7 +22,7 @@ from stockguard.logging import get_logger
 from stockguard.service.failsafe import write_failure_log
 from stockguard.service.orders import commit_reserved, rereserve_missing, set_order_status
 from stockguard.service.uow import Backends, UnitOfWork, run
-from stockguard.store.orders import LogEntry, OrderRecord, insert_logs, load_order, load_orders
+from stockguard.store.orders import LogEntry, OrderRecord, find_orders, insert_logs, load_order
 
 __all__ = [
     "WORKER_ACTOR",
@@ -37,7 +37,9 @@ __all__ = [
 
 log = get_logger(__name__)
 WORKER_ACTOR = "system:recovery-worker"
-RECOVERABLE = (OrderStatus.PAID, OrderStatus.NEEDS_REVIEW)
+RECOVERABLE = (OrderStatus.PAID, OrderStatus.PROCESSING, OrderStatus.NEEDS_REVIEW)
+# The worker leaves needs_review to an operator (seed 003): it only retries paid states.
+WORKER_RECOVERS = (OrderStatus.PAID, OrderStatus.PROCESSING)
 
 
 class Outcome(StrEnum):
@@ -74,8 +76,15 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
             return None  # another worker has it right now
         raise NotFound(f"order {order_id} not found")
     if order.deleted_at is not None:
+        if skip_locked:
+            return None  # deleted since the worker listed it
         raise NotFound(f"order {order_id} not found")
     state = _state(order)
+    if skip_locked and (
+        order.status not in WORKER_RECOVERS
+        or (not state["reserved_ids"] and not state["missing_lines"])
+    ):
+        return None  # paid, cancelled or committed by someone else since it was listed
     ids = state.pop("reserved_ids")
     (attempt,) = await insert_logs(
         uow.conn,
@@ -139,7 +148,11 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
             )
         ],
     )
-    await set_order_status(uow, order, OrderStatus.PAID)
+    # A recovered order is paid again; one the shop had already moved on stays there.
+    recovered = (
+        OrderStatus.PROCESSING if order.status == OrderStatus.PROCESSING else OrderStatus.PAID
+    )
+    await set_order_status(uow, order, recovered)
     return Recovery(Outcome.SUCCESS, await load_order(uow.conn, order.id), log_id)
 
 
@@ -188,8 +201,7 @@ async def recover_order(
 
 
 _PAID_UNCOMMITTED = """
-SELECT o.* FROM orders o
-WHERE o.status = 'paid' AND o.deleted_at IS NULL
+WHERE o.status IN ('paid', 'processing') AND o.deleted_at IS NULL
   AND (EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = o.id AND r.status = 'reserved')
        OR NOT EXISTS (SELECT 1 FROM reservations r WHERE r.order_id = o.id
                       AND r.status = 'committed'))
@@ -199,7 +211,6 @@ LIMIT $3
 """
 
 _NEEDS_REVIEW = """
-SELECT o.* FROM orders o
 WHERE o.status = 'needs_review' AND o.deleted_at IS NULL
   AND ($1::timestamptz IS NULL OR (o.created_at, o.id) > ($1, $2))
 ORDER BY o.created_at, o.id
@@ -208,17 +219,19 @@ LIMIT $3
 
 
 async def _listed(
-    backends: Backends, sql: str, limit: int, after: tuple[Any, str] | None
+    backends: Backends, where: str, limit: int, after: tuple[Any, str] | None
 ) -> list[OrderRecord]:
     async with backends.pool.acquire() as conn:
-        rows = await conn.fetch(sql, after[0] if after else None, after[1] if after else "", limit)
-        return await load_orders(conn, rows)
+        return await find_orders(
+            conn, where, after[0] if after else None, after[1] if after else "", limit
+        )
 
 
 async def list_paid_uncommitted(
     backends: Backends, limit: int = 100, after: tuple[Any, str] | None = None
 ) -> list[OrderRecord]:
-    """Paid orders with reservations still ``reserved``, or none ``committed`` (seed 003)."""
+    """Paid (or processing) orders with reservations still ``reserved``, or none
+    ``committed`` (seed 003)."""
     return await _listed(backends, _PAID_UNCOMMITTED, limit, after)
 
 
@@ -233,7 +246,11 @@ async def recover_paid_uncommitted(backends: Backends, limit: int = 100) -> int:
     found = await list_paid_uncommitted(backends, limit)
     done = 0
     for order in found:
-        result = await recover_order(backends, order.id, WORKER_ACTOR, skip_locked=True)
+        try:
+            result = await recover_order(backends, order.id, WORKER_ACTOR, skip_locked=True)
+        except StockguardError as exc:  # one order's refusal never stops the pass
+            log.warning("recovery_skipped", order_id=order.id, error=exc.code)
+            continue
         done += result is not None
     return done
 

@@ -21,7 +21,7 @@ from stockguard.domain.model import LogAction, OrderStatus
 from stockguard.logging import get_logger
 from stockguard.service.orders import PaymentProof, pay
 from stockguard.service.uow import Backends, UnitOfWork, run
-from stockguard.store.orders import LogEntry, insert_logs, load_order
+from stockguard.store.orders import LogEntry, OrderRecord, insert_logs, load_order
 
 __all__ = ["PaymentEvent", "handle_event", "parse_razorpay", "parse_stripe"]
 
@@ -142,11 +142,19 @@ async def handle_event(backends: Backends, event: PaymentEvent) -> dict[str, Any
             "UPDATE webhook_events SET outcome = $3 WHERE provider = $1 AND event_id = $2",
             event.provider,
             event.event_id,
-            json.dumps(outcome, default=str)[:1000],
+            json.dumps(_summary(outcome)),
         )
         return outcome
 
     return await run(backends, actor, body, operation="webhook")
+
+
+def _summary(outcome: dict[str, Any]) -> dict[str, Any]:
+    """What the inbox keeps of an outcome: plain JSON, never a Python repr."""
+    order = outcome.get("order")
+    if isinstance(order, OrderRecord):
+        return {"order_id": order.id, "status": order.status.value}
+    return {k: v for k, v in outcome.items() if isinstance(v, str | bool | int)}
 
 
 def _ignored(event: PaymentEvent, why: str) -> dict[str, Any]:
@@ -168,7 +176,9 @@ async def _apply(uow: UnitOfWork, event: PaymentEvent) -> dict[str, Any]:
         return _ignored(event, "no order_id in the payment's metadata/notes")
     if not event.payment_id:
         return _ignored(event, "no payment id in the event")
-    order = await load_order(uow.conn, event.order_id)
+    # Under the order's row lock: a cancel or delete that commits first is seen here, so
+    # its refund signal is never lost to a later "cannot go from cancelled to paid".
+    order = await load_order(uow.conn, event.order_id, lock=True)
     if order is None:
         return _ignored(event, "unknown order")
     if order.deleted_at is not None or order.status == OrderStatus.CANCELLED:

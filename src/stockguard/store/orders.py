@@ -14,12 +14,13 @@ from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus
 from stockguard.store.db import Conn
 
 __all__ = [
+    "ORDER_COLUMNS",
     "LogEntry",
     "OrderRecord",
     "ReservationRecord",
+    "find_orders",
     "insert_logs",
     "load_order",
-    "load_orders",
 ]
 
 
@@ -74,69 +75,105 @@ class OrderRecord:
         return held
 
 
-_ORDER_COLUMNS = """
-    id, status, channel, preferred_locations, allow_split, reservation_ttl_seconds,
-    total_amount, currency, payment_provider, payment_id, payment_amount, payment_currency,
-    paid_at, request_hash, cancel_reason, created_at, updated_at, deleted_at
+# The order columns, named (a new column must never break a read): ``o`` is orders.
+ORDER_COLUMNS = """
+    o.id, o.status, o.channel, o.preferred_locations, o.allow_split,
+    o.reservation_ttl_seconds, o.total_amount, o.currency, o.payment_provider, o.payment_id,
+    o.payment_amount, o.payment_currency, o.paid_at, o.request_hash, o.cancel_reason,
+    o.created_at, o.updated_at, o.deleted_at
 """
 
+# An order with its lines and reservations in one statement, so in one snapshot: a read
+# never shows a status with reservations from before or after it (invariant 16).
+_WHOLE = f"""
+SELECT {ORDER_COLUMNS}, l.line_nos, l.line_skus, l.line_quantities,
+       r.ids, r.line_nos AS r_line_nos, r.skus, r.locations, r.quantities, r.statuses,
+       r.expires
+FROM orders o
+LEFT JOIN LATERAL (
+    SELECT array_agg(x.line_no ORDER BY x.line_no) AS line_nos,
+           array_agg(x.sku ORDER BY x.line_no) AS line_skus,
+           array_agg(x.quantity ORDER BY x.line_no) AS line_quantities
+    FROM order_lines x WHERE x.order_id = o.id
+) l ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(x.id ORDER BY x.id) AS ids,
+           array_agg(x.line_no ORDER BY x.id) AS line_nos,
+           array_agg(x.sku ORDER BY x.id) AS skus,
+           array_agg(x.location ORDER BY x.id) AS locations,
+           array_agg(x.quantity ORDER BY x.id) AS quantities,
+           array_agg(x.status ORDER BY x.id) AS statuses,
+           array_agg(x.expires_at ORDER BY x.id) AS expires
+    FROM reservations x WHERE x.order_id = o.id
+) r ON true
+"""
 
-def _order(row: asyncpg.Record) -> OrderRecord:
-    data = dict(row.items())
+_ORDER_FIELDS = (
+    "id", "status", "channel", "preferred_locations", "allow_split", "reservation_ttl_seconds",
+    "total_amount", "currency", "payment_provider", "payment_id", "payment_amount",
+    "payment_currency", "paid_at", "request_hash", "cancel_reason", "created_at",
+    "updated_at", "deleted_at",
+)  # fmt: skip
+
+
+def _whole(row: asyncpg.Record) -> OrderRecord:
+    data = {name: row[name] for name in _ORDER_FIELDS}
     data["status"] = OrderStatus(data["status"])
     data["preferred_locations"] = list(data["preferred_locations"])
-    return OrderRecord(**data)
+    order = OrderRecord(**data)
+    if row["line_nos"] is not None:
+        order.lines = list(
+            zip(row["line_nos"], row["line_skus"], row["line_quantities"], strict=True)
+        )
+    if row["ids"] is not None:
+        order.reservations = [
+            ReservationRecord(
+                id=rid,
+                line_no=line_no,
+                sku=sku,
+                location=location,
+                quantity=quantity,
+                status=ReservationStatus(status),
+                expires_at=expires,
+            )
+            for rid, line_no, sku, location, quantity, status, expires in zip(
+                row["ids"],
+                row["r_line_nos"],
+                row["skus"],
+                row["locations"],
+                row["quantities"],
+                row["statuses"],
+                row["expires"],
+                strict=True,
+            )
+        ]
+    return order
 
 
 async def load_order(
     conn: Conn, order_id: str, *, lock: bool = False, skip_locked: bool = False
 ) -> OrderRecord | None:
-    """The order with its lines and reservations; ``lock`` takes the order's row lock,
-    which every use case on one order takes first (before any level lock)."""
-    suffix = " FOR UPDATE SKIP LOCKED" if skip_locked else (" FOR UPDATE" if lock else "")
-    row = await conn.fetchrow(
-        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1{suffix}", order_id
-    )
-    if row is None:
-        return None
-    orders = [_order(row)]
-    await _attach(conn, orders)
-    return orders[0]
+    """The order with its lines and reservations, as of one moment.
 
-
-async def load_orders(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[OrderRecord]:
-    orders = [_order(r) for r in rows]
-    await _attach(conn, orders)
-    return orders
-
-
-async def _attach(conn: Conn, orders: list[OrderRecord]) -> None:
-    if not orders:
-        return
-    by_id = {o.id: o for o in orders}
-    ids = list(by_id)
-    for r in await conn.fetch(
-        "SELECT order_id, line_no, sku, quantity FROM order_lines "
-        "WHERE order_id = ANY($1::text[]) ORDER BY order_id, line_no",
-        ids,
-    ):
-        by_id[r["order_id"]].lines.append((r["line_no"], r["sku"], r["quantity"]))
-    for r in await conn.fetch(
-        "SELECT order_id, id, line_no, sku, location, quantity, status, expires_at "
-        "FROM reservations WHERE order_id = ANY($1::text[]) ORDER BY order_id, id",
-        ids,
-    ):
-        by_id[r["order_id"]].reservations.append(
-            ReservationRecord(
-                id=r["id"],
-                line_no=r["line_no"],
-                sku=r["sku"],
-                location=r["location"],
-                quantity=r["quantity"],
-                status=ReservationStatus(r["status"]),
-                expires_at=r["expires_at"],
-            )
+    ``lock`` takes the order's row lock first, which every use case on one order takes
+    before any other lock; the read is then a statement of its own, so under READ
+    COMMITTED it sees everything committed before the lock was granted. ``skip_locked``
+    returns None when another transaction holds that lock."""
+    if lock or skip_locked:
+        suffix = " SKIP LOCKED" if skip_locked else ""
+        got = await conn.fetchval(
+            f"SELECT true FROM orders WHERE id = $1 FOR UPDATE{suffix}", order_id
         )
+        if got is None:
+            return None
+    row = await conn.fetchrow(_WHOLE + " WHERE o.id = $1", order_id)
+    return None if row is None else _whole(row)
+
+
+async def find_orders(conn: Conn, where: str, *args: object) -> list[OrderRecord]:
+    """Orders matching ``where`` (SQL over ``o``, with its ORDER BY and LIMIT), whole, in
+    one statement."""
+    return [_whole(r) for r in await conn.fetch(f"{_WHOLE} {where}", *args)]
 
 
 @dataclass(frozen=True, slots=True)

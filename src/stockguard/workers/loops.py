@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from stockguard.config import Settings
 from stockguard.logging import get_logger
 from stockguard.metrics import WORKER_RUNS
-from stockguard.service.expiry import abandon_stale, expire_due
+from stockguard.service.expiry import abandon_stale, expire_all_due
 from stockguard.service.reconcile import reconcile, repair_dirty
 from stockguard.service.recovery import recover_paid_uncommitted
 from stockguard.service.uow import Backends
@@ -41,8 +41,7 @@ async def purge_idempotency_keys(backends: Backends, ttl_seconds: int) -> None:
 
 def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[None]]:
     async def expiry() -> None:
-        while await expire_due(backends) > 0:
-            pass
+        await expire_all_due(backends)
         await abandon_stale(backends, settings.abandon_after_seconds)
 
     last_sweep: float | None = None  # the first pass sweeps everything
