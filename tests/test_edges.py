@@ -9,9 +9,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import pytest
 
-from stockguard.domain.errors import OutOfStock
+from stockguard.api.app import build_app
+from stockguard.config import Settings
+from stockguard.domain.errors import InvalidTransition, OutOfStock
 from stockguard.domain.model import OrderStatus, ReservationStatus
 from stockguard.service import orders
 from stockguard.service.expiry import abandon_order, abandon_stale, expire_all_due, expire_due
@@ -19,7 +22,7 @@ from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.recovery import recover_order, recover_paid_uncommitted
 from stockguard.service.uow import Backends
 from stockguard.service.webhooks import PaymentEvent, handle_event
-from tests.conftest import Stocker
+from tests.conftest import Keys, Stocker
 from tests.helpers import (
     assert_cache_parity,
     assert_invariants,
@@ -290,3 +293,123 @@ async def test_recovery_pass_survives_orders_deleted_or_paid_meanwhile(
     assert await recover_order(backends, oid, "w", skip_locked=True) is None
     assert await recover_paid_uncommitted(backends) >= 0
     assert "RECOVERY_ATTEMPT" not in await log_actions(backends.pool, oid)
+
+
+# ------------------------------------------------------------ payments whose commit fails
+
+RESERVATIONS_OF_ORDER = "SELECT 1 FROM reservations WHERE order_id = $1 FOR UPDATE"
+
+
+async def _terminate_waiting(pool: asyncpg.Pool) -> int:
+    """Terminate the backends of this database that wait for a lock (the service's)."""
+    killed = await pool.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return int(killed)
+
+
+async def test_a_backend_terminated_before_commit_is_retried_on_another_connection(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    sku, loc, oid = f"K{uid}", f"w{uid}", f"o{uid}"
+    await stock({sku: {loc: 4}})
+    await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
+    async with holding_locks(backends.pool, RESERVATIONS_OF_ORDER, oid):
+        paying = asyncio.create_task(
+            orders.pay_order(backends, oid, PaymentProof("stripe", f"pi_{uid}"), "t")
+        )
+        await waiting_on_locks(backends.pool, 1, paying)
+        assert await _terminate_waiting(backends.pool) == 1
+        await waiting_on_locks(backends.pool, 1, paying)  # the retry waits again
+    paid = await paying
+    assert paid.status is OrderStatus.PAID
+    assert [r.status for r in paid.reservations] == [ReservationStatus.COMMITTED]
+    assert "INCONSISTENCY_DETECTED" not in await log_actions(backends.pool, oid)
+    await assert_invariants(backends.pool)
+
+
+async def test_a_paid_order_cannot_move_on_until_its_stock_is_committed(
+    backends: Backends, impatient: Backends, stock: Stocker, uid: str
+) -> None:
+    sku, loc, oid = f"P{uid}", f"w{uid}", f"o{uid}"
+    await stock({sku: {loc: 4}})
+    await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
+    async with holding_locks(backends.pool, RESERVATIONS_OF_ORDER, oid):
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await orders.pay_order(impatient, oid, PaymentProof("stripe", f"pi_{uid}"), "t")
+    assert (await orders.get_order(backends, oid)).status is OrderStatus.PAID
+    with pytest.raises(InvalidTransition, match="not fully committed"):
+        await orders.set_status(backends, oid, OrderStatus.PROCESSING, "shop")
+    assert await recover_paid_uncommitted(backends, 500) >= 1
+    moved = await orders.set_status(backends, oid, OrderStatus.PROCESSING, "shop")
+    assert moved.status is OrderStatus.PROCESSING
+    await assert_invariants(backends.pool)
+
+
+async def test_recovery_covers_a_processing_order_left_uncommitted(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """Written by version 1, which let such an order move on: the worker commits it and
+    leaves it where the shop put it."""
+    sku, loc, oid = f"Q{uid}", f"w{uid}", f"o{uid}"
+    await stock({sku: {loc: 4}})
+    await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
+    await backends.pool.execute(
+        "UPDATE orders SET status = 'processing', payment_provider = 'stripe', "
+        "payment_id = $2, paid_at = now() WHERE id = $1",
+        oid,
+        f"pi_{uid}",
+    )
+    assert await recover_paid_uncommitted(backends, 500) >= 1
+    order = await orders.get_order(backends, oid)
+    assert order.status is OrderStatus.PROCESSING
+    assert [r.status for r in order.reservations] == [ReservationStatus.COMMITTED]
+    assert (await log_actions(backends.pool, oid))[-1] == "RECOVERY_SUCCESS"
+
+
+async def test_a_payment_whose_commit_went_through_is_not_logged_as_failed(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """The answer to COMMIT was lost, the commit was not: no refund-due noise."""
+    from stockguard.service.orders import _record_unpaid_commit
+
+    sku, loc, oid = f"C{uid}", f"w{uid}", f"o{uid}"
+    await stock({sku: {loc: 4}})
+    await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
+    proof = PaymentProof("stripe", f"pi_{uid}")
+    await orders.pay_order(backends, oid, proof, "t")
+    before = await log_actions(backends.pool, oid)
+    lost = asyncpg.exceptions.ConnectionDoesNotExistError("connection lost during COMMIT")
+    await _record_unpaid_commit(backends, oid, proof, "t", lost)
+    assert await log_actions(backends.pool, oid) == before
+    # An order still pending gets its payment recorded and the failure logged.
+    other = f"o2{uid}"
+    await orders.place_order(backends, PlaceOrder(other, ((sku, 1),)), "t")
+    await _record_unpaid_commit(backends, other, PaymentProof("stripe", f"pi2_{uid}"), "t", lost)
+    assert (await orders.get_order(backends, other)).status is OrderStatus.PAID
+    assert (await log_actions(backends.pool, other))[-1] == "INCONSISTENCY_DETECTED"
+
+
+async def test_an_unreachable_database_answers_503_busy(
+    backends: Backends, settings: Settings, api_keys: Keys, unused_tcp_port: int
+) -> None:
+    """Connections that cannot be had (a restarting server) are a retryable 503, never
+    a 500; reads, writes and the authentication lookup alike."""
+    pool = await asyncpg.create_pool(
+        f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/nowhere", min_size=0, max_size=2
+    )
+    try:
+        app = build_app(settings, Backends(pool, backends.cache, backends.cache_mode, 1.0))
+        headers = {"Authorization": f"Bearer {api_keys.admin}"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+        ) as client:
+            for method, path in [("GET", "/v1/orders"), ("POST", "/v1/orders/x/cancel")]:
+                r = await client.request(method, path)
+                assert r.status_code == 503, r.text
+                assert r.headers["content-type"] == "application/problem+json"
+                assert r.json()["code"] == "busy"
+                assert r.headers["retry-after"] == "1"
+    finally:
+        await pool.close()

@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from stockguard.domain.errors import StockguardError
 from stockguard.logging import get_logger
+from stockguard.store.db import CONNECTION_LOST
 
 __all__ = ["install_handlers", "problem"]
 
@@ -111,6 +112,20 @@ def install_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = "1"
         return response
 
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        # The database connection died or the server is restarting. Unlike a timeout the
+        # outcome of a change in flight is unknown: the client retries with the same id
+        # or Idempotency-Key, which makes the retry safe.
+        log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        response = problem(
+            503,
+            "busy",
+            "Busy",
+            "the database connection was lost; retry with the same id or Idempotency-Key",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
         return problem(500, "internal_error", "Internal error", "an internal error occurred")
@@ -120,6 +135,9 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(asyncpg.LockNotAvailableError, on_busy)
     app.add_exception_handler(asyncpg.QueryCanceledError, on_busy)
+    for lost in CONNECTION_LOST:
+        app.add_exception_handler(lost, on_unavailable)
+    app.add_exception_handler(asyncpg.TooManyConnectionsError, on_unavailable)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, on_bad_text)
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, on_bad_text)
     app.add_exception_handler(Exception, on_crash)

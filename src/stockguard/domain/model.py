@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from stockguard.domain.errors import InvalidTransition
@@ -15,6 +16,7 @@ __all__ = [
     "OrderStatus",
     "ReservationStatus",
     "check_patch_transition",
+    "is_fully_committed",
 ]
 
 
@@ -109,3 +111,20 @@ def check_patch_transition(current: OrderStatus, target: OrderStatus) -> bool:
     if _PATCH_FORWARD.get(target) == current:
         return True
     raise InvalidTransition(current.value, target.value)
+
+
+def is_fully_committed(
+    lines: Iterable[tuple[int, int]], reservations: Iterable[tuple[int, ReservationStatus, int]]
+) -> bool:
+    """Every line's units are committed (or already shipped) and none is merely reserved:
+    the only state in which a paid order may move on (processing, shipped) or be
+    resolved. ``lines`` are (line_no, quantity), ``reservations`` (line_no, status,
+    quantity)."""
+    done: dict[int, int] = {}
+    for line_no, status, quantity in reservations:
+        if status == ReservationStatus.RESERVED:
+            return False
+        if status in (ReservationStatus.COMMITTED, ReservationStatus.FULFILLED):
+            done[line_no] = done.get(line_no, 0) + quantity
+    wanted = list(lines)
+    return bool(wanted) and all(done.get(n, 0) >= q for n, q in wanted)

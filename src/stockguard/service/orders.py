@@ -603,17 +603,19 @@ async def delete_order(backends: Backends, order_id: str, actor: str) -> None:
 # ---------------------------------------------------------------- fulfilment
 
 
-async def _fulfil(uow: UnitOfWork, order: OrderRecord) -> None:
-    held = order.held_by_line()
-    committed = {r.line_no for r in order.reservations if r.status == ReservationStatus.COMMITTED}
-    uncommitted = [r for r in order.reservations if r.status == ReservationStatus.RESERVED]
-    short = [n for n, _, q in order.lines if held.get(n, 0) < q]
-    if uncommitted or short or not committed:
+def _require_committed(order: OrderRecord, target: OrderStatus) -> None:
+    """A paid order moves on only once its stock is committed: until then it is the
+    recovery worker's, and an order moved past ``paid`` would be out of its sight."""
+    if not order.fully_committed:
         raise InvalidTransition(
             order.status.value,
-            OrderStatus.SHIPPED.value,
+            target.value,
             "the order's stock is not fully committed; recover it first",
         )
+
+
+async def _fulfil(uow: UnitOfWork, order: OrderRecord) -> None:
+    _require_committed(order, OrderStatus.SHIPPED)
     shipped = await move_reservations(
         uow,
         order.id,
@@ -638,6 +640,8 @@ async def set_status(
         order = await _locked(uow, order_id)
         if not check_patch_transition(order.status, target):
             return order
+        if target == OrderStatus.PROCESSING:
+            _require_committed(order, target)
         if target == OrderStatus.SHIPPED:
             await _fulfil(uow, order)
         await set_order_status(uow, order, target)
@@ -814,7 +818,7 @@ async def pay_order(
         return await run(backends, actor, body, operation="pay_order")
     except (StockguardError, asyncio.CancelledError):
         raise
-    except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         await _record_unpaid_commit(backends, order_id, proof, actor, exc)
         raise
 
@@ -822,30 +826,48 @@ async def pay_order(
 async def _record_unpaid_commit(
     backends: Backends, order_id: str, proof: PaymentProof, actor: str, exc: BaseException
 ) -> None:
-    """The payment happened even though committing its stock failed: keep the proof."""
+    """The payment happened even though committing its stock failed: keep the proof, and
+    log the failure only when the stock is in fact uncommitted (a COMMIT whose answer was
+    lost may have gone through)."""
     from stockguard.service.failsafe import write_failure_log
 
+    async def body(uow: UnitOfWork) -> str:
+        order = await _locked(uow, order_id)
+        if order.payment_id is not None:
+            same = (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id)
+            if same and order.fully_committed:
+                return "committed"  # the failed call's COMMIT went through after all
+            return "recorded earlier"
+        if order.status != OrderStatus.PENDING:
+            return f"order is {order.status.value}"
+        await record_payment(uow, order_id, proof)
+        await set_order_status(uow, order, OrderStatus.PAID)
+        return "recorded"
+
+    try:
+        state = await run(backends, actor, body, operation="record_payment")
+    except Exception as failure:
+        log.error(
+            "payment_not_recorded",
+            order_id=order_id,
+            provider=proof.provider,
+            payment_id=proof.payment_id,
+            error=type(failure).__name__,
+        )
+        state = "not recorded"
+    if state == "committed":
+        log.info("payment_commit_outcome_was_lost", order_id=order_id)
+        return
+    detail = (
+        "payment received but its stock could not be committed; the recovery worker will commit it"
+        if state in ("recorded", "recorded earlier")
+        else f"payment received but not recorded ({state}): record it again (the "
+        "provider's retry, or POST .../payments) or refund it"
+    )
     entry = LogEntry(
         order_id,
         LogAction.INCONSISTENCY_DETECTED,
         error_reason=f"COMMIT_FAILED: {type(exc).__name__}",
-        context={
-            "detail": "payment received but its stock could not be committed; "
-            "the recovery worker will commit it",
-            "provider": proof.provider,
-            "payment_id": proof.payment_id,
-        },
+        context={"detail": detail, "provider": proof.provider, "payment_id": proof.payment_id},
     )
-
-    async def body(uow: UnitOfWork) -> None:
-        order = await _locked(uow, order_id)
-        if order.payment_id is not None or order.status != OrderStatus.PENDING:
-            return
-        await record_payment(uow, order_id, proof)
-        await set_order_status(uow, order, OrderStatus.PAID)
-
-    try:
-        await run(backends, actor, body, operation="record_payment")
-    except Exception:
-        log.error("payment_not_recorded", order_id=order_id, payment_id=proof.payment_id)
     await write_failure_log(backends.pool, actor, [entry])

@@ -269,13 +269,7 @@ async def resolve_order(
             raise NotFound(f"order {order_id} not found")
         if order.status not in (OrderStatus.NEEDS_REVIEW, OrderStatus.PAID):
             raise InvalidTransition(order.status.value, target.value)
-        state = _state(order)
-        if (
-            not order.has_payment_proof
-            or state["reserved_count"]
-            or state["missing_lines"]
-            or not state["committed_count"]
-        ):
+        if not order.has_payment_proof or not order.fully_committed:
             raise InvalidTransition(
                 order.status.value,
                 target.value,

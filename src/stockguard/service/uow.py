@@ -11,6 +11,7 @@ disabled: no cache at all (benchmarks measure the cost of parity with it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -24,7 +25,7 @@ from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable
 from stockguard.logging import get_logger
 from stockguard.metrics import CACHE_SYNC_FAILURES, COMPENSATION_FAILED, OPERATION_SECONDS
-from stockguard.store.db import Conn, retrying
+from stockguard.store.db import CONNECTION_LOST, Conn, LostBeforeCommit, retrying
 from stockguard.store.levels import LevelWriter
 
 __all__ = ["Backends", "CacheSkipped", "UnitOfWork", "mark_dirty", "repair_cache", "run"]
@@ -156,6 +157,10 @@ async def run(
                 await tr.rollback()
                 await _after_failed_write(conn, sorted(uow.levels.touched))
                 raise
+            except CONNECTION_LOST as exc:
+                with contextlib.suppress(Exception):
+                    await tr.rollback()  # the server rolled it back already
+                raise LostBeforeCommit(type(exc).__name__) from exc
             except BaseException:
                 await tr.rollback()
                 raise

@@ -20,15 +20,40 @@ else:
 
 from stockguard.logging import get_logger
 
-__all__ = ["RETRYABLE", "Conn", "connect_pool", "is_retryable"]
+__all__ = [
+    "CONNECTION_LOST",
+    "RETRYABLE",
+    "Conn",
+    "LostBeforeCommit",
+    "connect_pool",
+    "is_retryable",
+]
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+# The connection died (a terminated backend, a restarted server, a broken socket).
+CONNECTION_LOST: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a protocol state broken by a lost connection
+    ConnectionError,
+)
+
+
+class LostBeforeCommit(Exception):
+    """The connection died before COMMIT was sent: the transaction certainly rolled back,
+    so running it again on another connection is safe."""
+
 
 # Errors after which the whole transaction is simply run again.
 RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    LostBeforeCommit,
 )
 
 
@@ -76,6 +101,8 @@ async def retrying(fn: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
             return await fn()
         except RETRYABLE as exc:
             if attempt == attempts - 1:
+                if isinstance(exc, LostBeforeCommit) and exc.__cause__ is not None:
+                    raise exc.__cause__ from None
                 raise
             log.warning("transaction_retry", attempt=attempt + 1, error=type(exc).__name__)
             await backoff(attempt)

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus
+from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus, is_fully_committed
 from stockguard.store.db import Conn
 
 __all__ = [
@@ -61,6 +61,13 @@ class OrderRecord:
     @property
     def has_payment_proof(self) -> bool:
         return bool(self.payment_provider and self.payment_id)
+
+    @property
+    def fully_committed(self) -> bool:
+        return is_fully_committed(
+            [(n, q) for n, _, q in self.lines],
+            [(r.line_no, r.status, r.quantity) for r in self.reservations],
+        )
 
     def held_by_line(self) -> dict[int, int]:
         """Units held (reserved or committed) or already shipped, per line."""
