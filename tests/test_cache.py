@@ -105,7 +105,7 @@ async def test_redis_failure_rolls_back_every_level_change(
     if operation != "reserve":
         await orders.place_order(b, PlaceOrder(oid, ((sku, 4),)), "t")
     if operation == "ship":
-        await orders.pay_order(b, oid, PaymentProof("manual", "p"), "t")
+        await orders.pay_order(b, oid, PaymentProof("manual", f"p{uid}"), "t")
         await orders.set_status(b, oid, OrderStatus.PROCESSING, "t")
     if operation == "pay_late":
         await expire_now(b, oid)
@@ -119,7 +119,7 @@ async def test_redis_failure_rolls_back_every_level_change(
         "adjust": partial(
             catalogue.adjust_stock, b, catalogue.Adjustment(sku, loc, "damaged", delta=-1), "t"
         ),
-        "pay_late": partial(orders.pay_order, b, oid, PaymentProof("manual", "p"), "t"),
+        "pay_late": partial(orders.pay_order, b, oid, PaymentProof("manual", f"p{uid}"), "t"),
     }
     with pytest.raises(CacheUnavailable):
         await actions[operation]()

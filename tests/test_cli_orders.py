@@ -34,7 +34,7 @@ async def _needs_review(backends: Backends, sku: str, loc: str, oid: str) -> Non
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
     await expire_now(backends, oid)
     await orders.place_order(backends, PlaceOrder(f"{oid}x", ((sku, 1),)), "t")
-    late = await orders.pay_order(backends, oid, PaymentProof("razorpay", "pay_9"), "t")
+    late = await orders.pay_order(backends, oid, PaymentProof("razorpay", f"pay_9{oid}"), "t")
     assert late.status == OrderStatus.NEEDS_REVIEW
 
 

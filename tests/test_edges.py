@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 
 import asyncpg
 import httpx
@@ -413,3 +414,26 @@ async def test_an_unreachable_database_answers_503_busy(
                 assert r.headers["retry-after"] == "1"
     finally:
         await pool.close()
+
+
+async def test_one_payment_raced_onto_two_orders_pays_exactly_one(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    from stockguard.domain.errors import PaymentReused
+    from tests.helpers import race
+
+    for n in range(20):
+        sku, loc = f"Y{uid}{n}", f"w{uid}"
+        await stock({sku: {loc: 5}})
+        ids = [f"y{uid}{n}-{i}" for i in range(2)]
+        for oid in ids:
+            await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
+        proof = PaymentProof("stripe", f"pi_{uid}_{n}")
+        results = await race(*(partial(orders.pay_order, backends, oid, proof, "t") for oid in ids))
+        paid = [r for r in results if isinstance(r, orders.OrderRecord)]
+        reused = [r for r in results if isinstance(r, PaymentReused)]
+        assert (len(paid), len(reused)) == (1, 1), results
+        assert paid[0].status is OrderStatus.PAID
+        other = reused[0].order_id
+        assert (await orders.get_order(backends, other)).status is OrderStatus.PENDING
+    await assert_invariants(backends.pool)

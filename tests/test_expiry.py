@@ -34,7 +34,7 @@ async def test_expiry_gives_back_unpaid_stock_and_keeps_the_order_pending(
     await orders.place_order(backends, PlaceOrder(f"due{uid}", ((sku, 2),)), "t")
     await orders.place_order(backends, PlaceOrder(f"new{uid}", ((sku, 1),)), "t")
     await orders.place_order(backends, PlaceOrder(f"paid{uid}", ((sku, 1),)), "t")
-    await orders.pay_order(backends, f"paid{uid}", PaymentProof("manual", "m"), "t")
+    await orders.pay_order(backends, f"paid{uid}", PaymentProof("manual", f"m{uid}"), "t")
     for oid in (f"due{uid}", f"paid{uid}"):
         await _age(backends, oid, 3600)
     while await expire_due(backends) > 0:
@@ -55,7 +55,7 @@ async def test_abandoned_orders_are_cancelled_after_the_window(
     await stock({sku: {loc: 5}})
     for name in ("old", "young", "paid"):
         await orders.place_order(backends, PlaceOrder(f"{name}{uid}", ((sku, 1),)), "t")
-    await orders.pay_order(backends, f"paid{uid}", PaymentProof("manual", "m"), "t")
+    await orders.pay_order(backends, f"paid{uid}", PaymentProof("manual", f"m{uid}"), "t")
     await _age(backends, f"old{uid}", 7200)
     await _age(backends, f"young{uid}", 1000)
     await _age(backends, f"paid{uid}", 7200)

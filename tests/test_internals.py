@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 
 from stockguard.cache.redis_cache import RedisCache
 from stockguard.config import CacheMode
-from stockguard.domain.errors import InvalidSignature
+from stockguard.domain.errors import InvalidSignature, PaymentReused
+from stockguard.domain.model import OrderStatus
 from stockguard.embedded import start_redis
 from stockguard.service import catalogue, orders
 from stockguard.service.orders import PlaceOrder
@@ -175,17 +176,22 @@ async def test_events_missing_what_a_payment_needs_are_ignored(
     await orders.place_order(backends, PlaceOrder(f"o{uid}", ((sku, 1),)), "t")
     await orders.delete_order(backends, f"o{uid}", "t")
     assert await handle_event(backends, event(event_id=f"del{uid}")) == {"ignored": "order deleted"}
-    # A paid-then-shipped order refuses a payment transition: ignored with the reason.
+    # A payment that already paid another order pays nothing more: ignored, logged.
     await orders.place_order(backends, PlaceOrder(f"p{uid}", ((sku, 1),)), "t")
-    await orders.pay_order(backends, f"p{uid}", orders.PaymentProof("manual", "m"), "t")
-    await backends.pool.execute("UPDATE orders SET status = 'processing' WHERE id = $1", f"p{uid}")
-    await backends.pool.execute(
-        "UPDATE orders SET payment_provider = NULL, payment_id = NULL WHERE id = $1", f"p{uid}"
+    await orders.place_order(backends, PlaceOrder(f"q{uid}", ((sku, 1),)), "t")
+    pi = f"pi_{uid}"
+    paid = await handle_event(
+        backends, event(event_id=f"p{uid}", order_id=f"p{uid}", payment_id=pi)
     )
-    got = await handle_event(backends, event(event_id=f"proc{uid}", order_id=f"p{uid}"))
-    assert got == {"ignored": "an order cannot go from processing to paid"}
-    await backends.pool.execute(
-        "UPDATE orders SET payment_provider = 'manual', payment_id = 'm', status = 'paid' "
-        "WHERE id = $1",
-        f"p{uid}",
+    assert paid["order"].status is OrderStatus.PAID
+    got = await handle_event(backends, event(event_id=f"q{uid}", order_id=f"q{uid}", payment_id=pi))
+    assert got == {"ignored": f"payment stripe/{pi} already paid order p{uid}"}
+    assert (await orders.get_order(backends, f"q{uid}")).status is OrderStatus.PENDING
+    reason = await backends.pool.fetchval(
+        "SELECT error_reason FROM order_inventory_logs WHERE order_id = $1 ORDER BY id DESC "
+        "LIMIT 1",
+        f"q{uid}",
     )
+    assert reason == "PAYMENT_REUSED"
+    with pytest.raises(PaymentReused):
+        await orders.pay_order(backends, f"q{uid}", orders.PaymentProof("stripe", pi), "t")

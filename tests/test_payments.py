@@ -42,6 +42,8 @@ from tests.helpers import (
     holding_locks,
     level,
     log_actions,
+    make_overdue,
+    mark_paid,
     race,
 )
 
@@ -65,7 +67,7 @@ async def test_expired_reservation_at_payment_time_stock_still_free_is_paid(
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
     await expire_now(backends, oid)
     assert await level(backends.pool, sku, loc) == (5, 0)
-    paid = await orders.pay_order(backends, oid, PaymentProof("stripe", "pi_1"), "t")
+    paid = await orders.pay_order(backends, oid, PaymentProof("stripe", f"pi_1{uid}"), "t")
     assert paid.status == OrderStatus.PAID
     assert _statuses(paid) == ["committed", "expired"]
     assert await level(backends.pool, sku, loc) == (5, 2)
@@ -80,9 +82,9 @@ async def test_expired_reservation_stock_taken_goes_to_needs_review(
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
     await expire_now(backends, oid)
     await orders.place_order(backends, PlaceOrder(f"thief{uid}", ((sku, 1),)), "t")
-    late = await orders.pay_order(backends, oid, PaymentProof("razorpay", "pay_1"), "t")
+    late = await orders.pay_order(backends, oid, PaymentProof("razorpay", f"pay_1{uid}"), "t")
     assert late.status == OrderStatus.NEEDS_REVIEW
-    assert late.payment_id == "pay_1"  # the payment is recorded all the same
+    assert late.payment_id == f"pay_1{uid}"  # the payment is recorded all the same
     assert await level(backends.pool, sku, loc) == (2, 1)  # the other order keeps its unit
     row = await backends.pool.fetchrow(
         "SELECT error_reason, context FROM order_inventory_logs "
@@ -102,7 +104,7 @@ async def test_partial_reservation_state_some_lines_expired_is_recommitted(
     await stock({a: {loc: 3}, b: {loc: 3}})
     await orders.place_order(backends, PlaceOrder(oid, ((a, 1), (b, 2))), "t")
     await expire_now(backends, oid, sku=b)  # one line expired, the other still reserved
-    paid = await orders.pay_order(backends, oid, PaymentProof("manual", "m1"), "t")
+    paid = await orders.pay_order(backends, oid, PaymentProof("manual", f"m1{uid}"), "t")
     assert paid.status == OrderStatus.PAID
     assert _statuses(paid) == ["committed", "committed", "expired"]
     assert await level(backends.pool, a, loc) == (3, 1)
@@ -116,13 +118,9 @@ async def test_expiry_worker_never_releases_a_paid_orders_stock(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 3}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 3),)), "t")
-    await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
-    # Even with its stock left 'reserved' (a failed commit) and overdue.
-    await backends.pool.execute(
-        "UPDATE reservations SET status = 'reserved', expires_at = now() - interval '1 h' "
-        "WHERE order_id = $1",
-        oid,
-    )
+    # Paid with its stock left 'reserved' (a failed commit) and overdue.
+    await mark_paid(backends.pool, oid)
+    await make_overdue(backends.pool, oid)
     await expire_due(backends)
     assert await expire_order(backends, oid) == 0
     assert await level(backends.pool, sku, loc) == (3, 3)
@@ -140,10 +138,10 @@ async def test_transient_db_error_during_commit_keeps_payment_and_recovers(
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
     async with holding_locks(backends.pool, RESERVATIONS_OF_ORDER, oid):
         with pytest.raises(asyncpg.LockNotAvailableError):
-            await orders.pay_order(impatient, oid, PaymentProof("stripe", "pi_t"), "t")
+            await orders.pay_order(impatient, oid, PaymentProof("stripe", f"pi_t{uid}"), "t")
     after = await orders.get_order(backends, oid)
     assert after.status == OrderStatus.PAID
-    assert after.payment_id == "pi_t"
+    assert after.payment_id == f"pi_t{uid}"
     assert _statuses(after) == ["reserved"]  # not committed, not released
     assert await level(backends.pool, sku, loc) == (4, 2)
     assert "INCONSISTENCY_DETECTED" in await log_actions(backends.pool, oid)
@@ -170,10 +168,7 @@ async def test_transient_db_error_during_recovery_logs_failure_and_needs_review(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 4}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
-    await backends.pool.execute(
-        "UPDATE reservations SET status = 'reserved' WHERE order_id = $1", oid
-    )
+    await mark_paid(backends.pool, oid)  # its stock still 'reserved'
     async with holding_locks(backends.pool, RESERVATIONS_OF_ORDER, oid):
         result = await recover_order(impatient, oid, "t")
     assert result is not None
@@ -196,9 +191,9 @@ async def test_paid_order_with_lingering_reserved_reservations_is_recovered(
     a, b, loc, oid = f"A{uid}", f"B{uid}", f"w{uid}", f"o{uid}"
     await stock({a: {loc: 2}, b: {loc: 2}})
     await orders.place_order(backends, PlaceOrder(oid, ((a, 1), (b, 1))), "t")
-    await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
+    await mark_paid(backends.pool, oid)
     await backends.pool.execute(  # seed 003: one reservation still 'reserved'
-        "UPDATE reservations SET status = 'reserved' WHERE order_id = $1 AND sku = $2", oid, b
+        "UPDATE reservations SET status = 'committed' WHERE order_id = $1 AND sku = $2", oid, a
     )
     assert oid in {o.id for o in await list_paid_uncommitted(backends, 500)}
     result = await recover_order(backends, oid, "admin")
@@ -220,20 +215,9 @@ async def test_paid_order_with_zero_committed_is_found_and_rereserved(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 3}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
-    await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
-    # Seed 003: a PAID order whose reservations were released: zero committed.
-    await backends.pool.execute(
-        "UPDATE reservations SET status = 'expired' WHERE order_id = $1", oid
-    )
-    await backends.pool.execute(
-        "INSERT INTO stock_movements (sku, location, on_hand_delta, reserved_delta, reason, "
-        "order_id, reservation_id, actor) SELECT sku, location, 0, -quantity, 'expire', "
-        "order_id, id, 'test' FROM reservations WHERE order_id = $1",
-        oid,
-    )
-    await backends.pool.execute(
-        "UPDATE inventory_levels SET reserved = reserved - 2 WHERE sku = $1", sku
-    )
+    # Seed 003: a PAID order whose reservations expired: zero committed.
+    await expire_now(backends, oid)
+    await mark_paid(backends.pool, oid)
     assert oid in {o.id for o in await list_paid_uncommitted(backends, 500)}
     result = await recover_order(backends, oid, "admin")
     assert result is not None
@@ -248,7 +232,7 @@ async def test_recovery_of_committed_order_is_skipped(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 1}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
+    await orders.pay_order(backends, oid, PaymentProof("manual", f"m{uid}"), "t")
     result = await recover_order(backends, oid, "admin")
     assert result is not None
     assert result.outcome == Outcome.SKIPPED_ALREADY_COMMITTED
@@ -264,15 +248,18 @@ async def test_recovery_without_payment_proof_commits_nothing(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 1}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    for status in ("pending", "paid"):  # paid in status only, no provider/payment id
-        await backends.pool.execute("UPDATE orders SET status = $2 WHERE id = $1", oid, status)
-        result = await recover_order(backends, oid, "admin")
-        assert result is not None
-        assert result.outcome == Outcome.INCONSISTENT
-        reason = await backends.pool.fetchval(
-            "SELECT error_reason FROM order_inventory_logs WHERE id = $1", result.log_id
-        )
-        assert reason == ("NOT_PAID" if status == "pending" else "NO_PAYMENT_PROOF")
+    result = await recover_order(backends, oid, "admin")
+    assert result is not None
+    assert result.outcome == Outcome.INCONSISTENT
+    reason = await backends.pool.fetchval(
+        "SELECT error_reason FROM order_inventory_logs WHERE id = $1", result.log_id
+    )
+    assert reason == "NOT_PAID"
+    # Paid in status only, with no provider/payment id: PostgreSQL refuses the very state
+    # (invariant 7 as a CHECK), so recovery can never be handed one.
+    for status in ("paid", "needs_review", "processing"):
+        with pytest.raises(asyncpg.CheckViolationError, match="paid_orders_carry_payment_proof"):
+            await backends.pool.execute("UPDATE orders SET status = $2 WHERE id = $1", oid, status)
     got = await orders.get_order(backends, oid)
     assert _statuses(got) == ["reserved"]
 
@@ -285,7 +272,7 @@ async def test_failed_recovery_marks_needs_review_and_never_releases(
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
     await expire_now(backends, oid)
     await orders.place_order(backends, PlaceOrder(f"x{uid}", ((sku, 2),)), "t")
-    late = await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
+    late = await orders.pay_order(backends, oid, PaymentProof("manual", f"m{uid}"), "t")
     assert late.status == OrderStatus.NEEDS_REVIEW
     result = await recover_order(backends, oid, "admin")
     assert result is not None
@@ -311,7 +298,9 @@ async def test_resolve_needs_review_only_when_fully_committed(
     await orders.place_order(
         backends, PlaceOrder(oid, ((sku, 1),), total_amount=100, currency="EUR"), "t"
     )
-    review = await orders.pay_order(backends, oid, PaymentProof("manual", "m", 90, "eur"), "t")
+    review = await orders.pay_order(
+        backends, oid, PaymentProof("manual", f"m{uid}", 90, "eur"), "t"
+    )
     assert review.status == OrderStatus.NEEDS_REVIEW
     with pytest.raises(InvalidTransition):
         await resolve_order(backends, oid, OrderStatus.PROCESSING, "op")
@@ -355,7 +344,9 @@ async def test_amount_mismatch_goes_to_needs_review(
     await orders.place_order(
         backends, PlaceOrder(ok, ((sku, 1),), total_amount=1000, currency="USD"), "t"
     )
-    paid = await orders.pay_order(backends, ok, PaymentProof("stripe", "pi", 1000, "usd"), "t")
+    paid = await orders.pay_order(
+        backends, ok, PaymentProof("stripe", f"pi{uid}", 1000, "usd"), "t"
+    )
     assert paid.status == OrderStatus.PAID
 
 
@@ -365,12 +356,12 @@ async def test_second_payment_is_a_noop_and_a_different_one_needs_review(
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 4}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    first = await orders.pay_order(backends, oid, PaymentProof("stripe", "pi_a"), "t")
-    again = await orders.pay_order(backends, oid, PaymentProof("stripe", "pi_a"), "t")
+    first = await orders.pay_order(backends, oid, PaymentProof("stripe", f"pi_a{uid}"), "t")
+    again = await orders.pay_order(backends, oid, PaymentProof("stripe", f"pi_a{uid}"), "t")
     assert again.updated_at == first.updated_at
-    other = await orders.pay_order(backends, oid, PaymentProof("stripe", "pi_b"), "t")
+    other = await orders.pay_order(backends, oid, PaymentProof("stripe", f"pi_b{uid}"), "t")
     assert other.status == OrderStatus.NEEDS_REVIEW
-    assert other.payment_id == "pi_a"
+    assert other.payment_id == f"pi_a{uid}"
     assert (await log_actions(backends.pool, oid))[-1] == "INCONSISTENCY_DETECTED"
     assert await level(backends.pool, sku, loc) == (4, 1)
 
@@ -383,11 +374,11 @@ async def test_payment_on_cancelled_or_deleted_order_is_refused(
     await orders.place_order(backends, PlaceOrder(f"c{uid}", ((sku, 1),)), "t")
     await orders.cancel_order(backends, f"c{uid}", "t")
     with pytest.raises(InvalidTransition):
-        await orders.pay_order(backends, f"c{uid}", PaymentProof("manual", "m"), "t")
+        await orders.pay_order(backends, f"c{uid}", PaymentProof("manual", f"m{uid}"), "t")
     await orders.place_order(backends, PlaceOrder(f"d{uid}", ((sku, 1),)), "t")
     await orders.delete_order(backends, f"d{uid}", "t")
     with pytest.raises(NotFound):
-        await orders.pay_order(backends, f"d{uid}", PaymentProof("manual", "m"), "t")
+        await orders.pay_order(backends, f"d{uid}", PaymentProof("manual", f"m{uid}"), "t")
     assert await level(backends.pool, sku, loc) == (4, 0)
 
 
@@ -700,10 +691,8 @@ async def test_admin_recovery_routes_and_service_key_is_forbidden(
     hooks: httpx.AsyncClient, backends: Backends, stock: Stocker, uid: str, api_keys: Keys
 ) -> None:
     oid = await _pending(stock, backends, uid)
-    await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
-    await backends.pool.execute(
-        "UPDATE reservations SET status = 'reserved' WHERE order_id = $1", oid
-    )
+    await mark_paid(backends.pool, oid)  # its stock still 'reserved'
+
     service = {"Authorization": f"Bearer {api_keys.service}"}
     for method, path in [
         ("POST", f"/v1/admin/orders/{oid}/recover-inventory"),
@@ -737,7 +726,7 @@ async def test_reservations_of_paid_orders_are_committed(
     backends: Backends, stock: Stocker, uid: str
 ) -> None:
     oid = await _pending(stock, backends, uid)
-    paid = await orders.pay_order(backends, oid, PaymentProof("manual", "m"), "t")
+    paid = await orders.pay_order(backends, oid, PaymentProof("manual", f"m{uid}"), "t")
     assert {r.status for r in paid.reservations} == {ReservationStatus.COMMITTED}
 
 

@@ -12,6 +12,7 @@
     ├── InsufficientStock              insufficient_stock      409
     ├── StaleQuantity                  stale_quantity          409
     ├── Conflict                       conflict                409
+    │   └── PaymentReused              conflict                409
     ├── InvalidSignature               invalid_signature       400
     ├── PayloadTooLarge                payload_too_large       413
     └── CacheUnavailable               cache_unavailable       503
@@ -36,6 +37,7 @@ __all__ = [
     "OrderNotDeletable",
     "OutOfStock",
     "PayloadTooLarge",
+    "PaymentReused",
     "Shortage",
     "StaleQuantity",
     "StockguardError",
@@ -99,6 +101,18 @@ class StaleQuantity(StockguardError):
 
 class Conflict(StockguardError):
     code, status, title = "conflict", 409, "Conflict"
+
+
+class PaymentReused(Conflict):
+    """One payment pays one order (DESIGN.md §10, invariant 11)."""
+
+    def __init__(self, order_id: str, paid_order_id: str, provider: str, payment_id: str) -> None:
+        super().__init__(
+            f"payment {provider}/{payment_id} already paid order {paid_order_id}",
+            paid_order_id=paid_order_id,
+        )
+        self.order_id = order_id
+        self.paid_order_id = paid_order_id
 
 
 class InvalidSignature(StockguardError):

@@ -27,6 +27,7 @@ from stockguard.domain.errors import (
     NotFound,
     OrderNotDeletable,
     OutOfStock,
+    PaymentReused,
     StockguardError,
     ValidationFailed,
 )
@@ -440,14 +441,9 @@ async def place_orders(
     async def body(uow: UnitOfWork) -> list[_Decision]:
         return await _place(uow, requests)
 
-    for attempt in range(3):
-        try:
-            decisions = await run(backends, actor, body, operation="place_order")
-            break
-        except asyncpg.UniqueViolationError:
-            # The same new id placed concurrently: run again, it is "existing" now.
-            if attempt == 2:
-                raise
+    # The same new id placed concurrently is a unique violation: run() runs it again,
+    # and then it is "existing".
+    decisions = await run(backends, actor, body, operation="place_order")
     out: list[Placed | StockguardError] = []
     for d in decisions:
         if d.error is not None:
@@ -747,6 +743,13 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
         return await _fresh(uow.conn, order_id)
     if order.status != OrderStatus.PENDING:
         raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
+    paid_other = await uow.conn.fetchval(
+        "SELECT id FROM orders WHERE payment_provider = $1 AND payment_id = $2",
+        proof.provider,
+        proof.payment_id,
+    )
+    if paid_other is not None:
+        raise PaymentReused(order.id, str(paid_other), proof.provider, proof.payment_id)
     await record_payment(uow, order.id, proof)
     mismatch = _amount_mismatch(order, proof)
     if mismatch:

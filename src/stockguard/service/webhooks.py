@@ -16,7 +16,7 @@ from typing import Any
 import razorpay
 import stripe
 
-from stockguard.domain.errors import InvalidSignature, InvalidTransition, NotFound
+from stockguard.domain.errors import InvalidSignature, InvalidTransition, NotFound, PaymentReused
 from stockguard.domain.model import LogAction, OrderStatus
 from stockguard.logging import get_logger
 from stockguard.service.orders import PaymentProof, pay
@@ -204,6 +204,24 @@ async def _apply(uow: UnitOfWork, event: PaymentEvent) -> dict[str, Any]:
     proof = PaymentProof(event.provider, event.payment_id, event.amount, event.currency)
     try:
         paid = await pay(uow, order.id, proof)
+    except PaymentReused as exc:
+        await insert_logs(
+            uow.conn,
+            uow.actor,
+            [
+                LogEntry(
+                    order.id,
+                    LogAction.INCONSISTENCY_DETECTED,
+                    error_reason="PAYMENT_REUSED",
+                    context={
+                        "detail": f"{exc.detail}: this order stays unpaid; check the payment",
+                        "provider": event.provider,
+                        "payment_id": event.payment_id,
+                    },
+                )
+            ],
+        )
+        return _ignored(event, exc.detail)
     except (InvalidTransition, NotFound) as exc:
         return _ignored(event, exc.detail)
     return {"order": paid}

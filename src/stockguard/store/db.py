@@ -53,6 +53,9 @@ class LostBeforeCommit(Exception):
 RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    # A concurrent insert of the same key (an order id, a payment, an idempotency key)
+    # committed first: run again, and the use case finds it and decides accordingly.
+    asyncpg.exceptions.UniqueViolationError,
     LostBeforeCommit,
 )
 
