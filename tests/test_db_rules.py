@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from stockguard.domain.model import ReservationStatus
+from stockguard.domain.model import OrderStatus, ReservationStatus
 from stockguard.service import orders
 from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.uow import Backends
@@ -31,8 +31,8 @@ async def _reservation_in(backends: Backends, stock: Stocker, uid: str, status: 
     if status in ("committed", "fulfilled"):
         await orders.pay_order(backends, oid, PaymentProof("manual", f"m{oid}"), "t")
     if status == "fulfilled":
-        await orders.set_status(backends, oid, orders.OrderStatus.PROCESSING, "t")
-        await orders.set_status(backends, oid, orders.OrderStatus.SHIPPED, "t")
+        await orders.set_status(backends, oid, OrderStatus.PROCESSING, "t")
+        await orders.set_status(backends, oid, OrderStatus.SHIPPED, "t")
     if status == "released":
         await orders.cancel_order(backends, oid, "t")
     if status == "expired":

@@ -23,6 +23,7 @@ from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.recovery import recover_order, recover_paid_uncommitted
 from stockguard.service.uow import Backends
 from stockguard.service.webhooks import PaymentEvent, handle_event
+from stockguard.store.orders import OrderRecord
 from tests.conftest import Keys, Stocker
 from tests.helpers import (
     assert_cache_parity,
@@ -430,7 +431,7 @@ async def test_one_payment_raced_onto_two_orders_pays_exactly_one(
             await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
         proof = PaymentProof("stripe", f"pi_{uid}_{n}")
         results = await race(*(partial(orders.pay_order, backends, oid, proof, "t") for oid in ids))
-        paid = [r for r in results if isinstance(r, orders.OrderRecord)]
+        paid = [r for r in results if isinstance(r, OrderRecord)]
         reused = [r for r in results if isinstance(r, PaymentReused)]
         assert (len(paid), len(reused)) == (1, 1), results
         assert paid[0].status is OrderStatus.PAID
