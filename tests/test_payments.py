@@ -744,33 +744,3 @@ async def test_razorpay_without_event_id_header_is_still_deduplicated(
         "SELECT event_id FROM webhook_events WHERE provider = 'razorpay' AND order_id = $1", oid
     )
     assert event_id == f"payment.captured:pay_{uid}"
-
-
-async def test_idempotency_claim_of_a_dead_request_is_freed(
-    client: httpx.AsyncClient, backends: Backends, stock: Stocker, uid: str, api_keys: Keys
-) -> None:
-    sku, loc = f"S{uid}", f"w{uid}"
-    await stock({sku: {loc: 3}})
-    owner = hashlib.sha256(f"Bearer {api_keys.admin}".encode()).hexdigest()
-    raw = json.dumps({"id": f"o{uid}", "lines": [{"sku": sku, "quantity": 1}]}).encode()
-    fingerprint = hashlib.sha256(b"/v1/orders\0\0" + raw).hexdigest()
-    # Requests that died after claiming their key: a minute ago, and just now.
-    for key, age in ((f"old{uid}", 60), (f"new{uid}", 0)):
-        await backends.pool.execute(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) "
-            "VALUES ($1, $2, $3, now() - make_interval(secs => $4))",
-            owner,
-            key,
-            fingerprint,
-            float(age),
-        )
-    headers = {"Content-Type": "application/json"}
-    fresh = await client.post(
-        "/v1/orders", content=raw, headers={**headers, "Idempotency-Key": f"old{uid}"}
-    )
-    assert fresh.status_code == 201
-    busy = await client.post(
-        "/v1/orders", content=raw, headers={**headers, "Idempotency-Key": f"new{uid}"}
-    )
-    assert busy.status_code == 409
-    assert busy.json()["detail"] == "a request with this Idempotency-Key is in progress"

@@ -6,15 +6,18 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import Response
 
 from stockguard import __version__
 from stockguard.api import recovery, webhooks
-from stockguard.api.middleware import BodyLimit, Idempotency
+from stockguard.api.auth import ADMIN, SERVICE, Authentication
+from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.problems import install_handlers
-from stockguard.api.routes import router
+from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
+from stockguard.service.idempotency import KeyAnswered
 from stockguard.service.uow import Backends
 from stockguard.workers.loops import start_workers, stop_workers
 
@@ -62,7 +65,19 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         b: Backends = app.state.backends
         return b.pool
 
+    async def on_key_answered(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, KeyAnswered)
+        return await replay_answered(pool(), exc.claim)
+
+    app.add_exception_handler(KeyAnswered, on_key_answered)
+    # Outermost last: the body limit, then authentication, then idempotency.
     app.add_middleware(Idempotency, pool=pool)
+    app.add_middleware(
+        Authentication,
+        routes=lambda: app.routes,
+        roles={service_role: SERVICE, admin_role: ADMIN},
+        pool=pool,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 

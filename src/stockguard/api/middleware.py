@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stockguard.api.problems import problem
+from stockguard.api.auth import api_key_of
+from stockguard.api.problems import problem, unavailable
+from stockguard.service.idempotency import (
+    Answer,
+    Claim,
+    close_claim,
+    load_answer,
+    open_claim,
+    store_answer_after,
+)
+from stockguard.store.db import CONNECTION_LOST
 
-__all__ = ["STALE_SECONDS", "BodyLimit", "Idempotency"]
-
-STALE_SECONDS = 30.0
+__all__ = ["BodyLimit", "Idempotency", "replay_answered"]
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -88,7 +98,12 @@ class BodyLimit:
 class Idempotency:
     """``Idempotency-Key`` on POST: the same key and body replay the first answer (any
     status but 5xx); the same key with another body is 422 ``idempotency_key_reused``.
-    Keys are scoped to the caller's credentials."""
+
+    Only authenticated requests take a key (:mod:`stockguard.api.auth` runs first), and
+    keys belong to the API key that sent them, however its header is spelled. The
+    answer of a request that changed something is stored by the use case itself, in the
+    transaction of its effect (:mod:`stockguard.service.idempotency`); what is stored
+    here afterwards is only the answer of a request that changed nothing."""
 
     def __init__(self, app: ASGIApp, pool: Callable[[], asyncpg.Pool]) -> None:
         self.app = app
@@ -96,7 +111,8 @@ class Idempotency:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key_raw = _header(scope, b"idempotency-key") if scope["type"] == "http" else None
-        if key_raw is None or scope["method"] != "POST":
+        api_key = api_key_of(scope) if key_raw is not None else None
+        if key_raw is None or scope["method"] != "POST" or api_key is None:
             await self.app(scope, receive, send)
             return
         key = key_raw.decode("latin-1")
@@ -107,30 +123,17 @@ class Idempotency:
             )(scope, receive, send)  # fmt: skip
             return
         body = await _read_body(receive, 1 << 30) or b""
-        owner = hashlib.sha256(_header(scope, b"authorization") or b"").hexdigest()
         fingerprint = hashlib.sha256(
             b"\0".join([scope["path"].encode(), scope.get("query_string", b""), body])
         ).hexdigest()
-        pool = self.pool()
-        claim = (
-            "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING RETURNING true"
-        )
-        inserted = await pool.fetchval(claim, owner, key, fingerprint)
-        if not inserted:
-            # A claim with no answer after STALE_SECONDS belonged to a request that died
-            # (a crashed process, a lost connection): the key is free again.
-            freed = await pool.execute(
-                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 "
-                "AND status_code IS NULL AND created_at < now() - make_interval(secs => $3)",
-                owner,
-                key,
-                STALE_SECONDS,
-            )
-            if freed != "DELETE 0":
-                inserted = await pool.fetchval(claim, owner, key, fingerprint)
-        if not inserted:
-            await self._answer_again(scope, receive, send, owner, key, fingerprint)
+        claim = Claim(owner=api_key.id, key=key, fingerprint=fingerprint)
+        try:
+            row = await load_answer(self.pool(), claim.owner, key)
+        except CONNECTION_LOST:
+            await unavailable()(scope, receive, send)
+            return
+        if row is not None:
+            await _answer_again(row, claim)(scope, receive, send)
             return
         captured: dict[str, Any] = {"status": 500, "headers": [], "body": []}
 
@@ -142,57 +145,46 @@ class Idempotency:
                 captured["body"].append(message.get("body", b""))
             await send(message)
 
+        token = open_claim(claim)
         try:
             await self.app(scope, _replay(body), capture)
         finally:
-            status = int(captured["status"])
-            if status >= 500:
-                await pool.execute(
-                    "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2", owner, key
-                )
-            else:
-                content_type = next(
-                    (v.decode() for k, v in captured["headers"] if k == b"content-type"), None
-                )
-                await pool.execute(
-                    "UPDATE idempotency_keys SET status_code = $3, content_type = $4, body = $5 "
-                    "WHERE scope = $1 AND key = $2",
-                    owner,
-                    key,
-                    status,
-                    content_type,
-                    b"".join(captured["body"]),
-                )
-
-    async def _answer_again(
-        self, scope: Scope, receive: Receive, send: Send, owner: str, key: str, fingerprint: str
-    ) -> None:
-        row = await self.pool().fetchrow(
-            "SELECT request_hash, status_code, content_type, body FROM idempotency_keys "
-            "WHERE scope = $1 AND key = $2",
-            owner,
-            key,
+            close_claim(token)
+        status = int(captured["status"])
+        if claim.done or status >= 500:
+            return  # stored with its effect (or replayed), or not to be stored at all
+        content_type = next(
+            (bytes(v).decode("latin-1") for k, v in captured["headers"] if k == b"content-type"),
+            "application/json",
         )
-        if row is None:  # purged or its first attempt failed a moment ago
-            response = problem(409, "conflict", "Conflict", "retry the request")
-        elif row["request_hash"] != fingerprint:
-            response = problem(
-                422,
-                "idempotency_key_reused",
-                "Idempotency key reused",
-                "this Idempotency-Key was used with a different request",
-            )
-        elif row["status_code"] is None:
-            response = problem(
-                409, "conflict", "Conflict", "a request with this Idempotency-Key is in progress"
-            )
-        else:
-            from starlette.responses import Response
+        answer = Answer(status, content_type, b"".join(captured["body"]))
+        with contextlib.suppress(*CONNECTION_LOST):  # a retry then simply runs again
+            await store_answer_after(self.pool(), claim, answer)
 
-            response = Response(
-                bytes(row["body"] or b""),
-                status_code=row["status_code"],
-                media_type=row["content_type"],
-                headers={"Idempotent-Replayed": "true"},
-            )
-        await response(scope, receive, send)
+
+def _answer_again(row: asyncpg.Record, claim: Claim) -> Response:
+    if row["request_hash"] != claim.fingerprint:
+        return problem(
+            422,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was used with a different request",
+        )
+    if row["status_code"] is None:  # written by a version that stored answers later
+        return problem(
+            409, "conflict", "Conflict", "a request with this Idempotency-Key is in progress"
+        )
+    return Response(
+        bytes(row["body"] or b""),
+        status_code=row["status_code"],
+        media_type=row["content_type"],
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+async def replay_answered(pool: asyncpg.Pool, claim: Claim) -> Response:
+    """The answer of the concurrent request that took this key first."""
+    row = await load_answer(pool, claim.owner, claim.key)
+    if row is None:  # its transaction stored nothing after all: let the client retry
+        return problem(409, "conflict", "Conflict", "retry the request")
+    return _answer_again(row, claim)

@@ -16,7 +16,7 @@ from stockguard.domain.errors import StockguardError
 from stockguard.logging import get_logger
 from stockguard.store.db import CONNECTION_LOST
 
-__all__ = ["install_handlers", "problem"]
+__all__ = ["from_error", "install_handlers", "problem", "unavailable"]
 
 log = get_logger(__name__)
 
@@ -43,6 +43,20 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return Response(json.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def unavailable() -> Response:
+    """The database connection died or the server is restarting. Unlike a timeout, the
+    outcome of a change in flight is unknown: the client retries with the same id or
+    Idempotency-Key, which makes the retry safe."""
+    response = problem(
+        503,
+        "busy",
+        "Busy",
+        "the database connection was lost; retry with the same id or Idempotency-Key",
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def from_error(exc: StockguardError) -> Response:
@@ -113,18 +127,8 @@ def install_handlers(app: FastAPI) -> None:
         return response
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
-        # The database connection died or the server is restarting. Unlike a timeout the
-        # outcome of a change in flight is unknown: the client retries with the same id
-        # or Idempotency-Key, which makes the retry safe.
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
-        response = problem(
-            503,
-            "busy",
-            "Busy",
-            "the database connection was lost; retry with the same id or Idempotency-Key",
-        )
-        response.headers["Retry-After"] = "1"
-        return response
+        return unavailable()
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)

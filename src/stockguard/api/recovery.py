@@ -6,11 +6,18 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
+from stockguard.api.answers import answered
 from stockguard.api.routes import Admin, After, B, Limit
 from stockguard.api.schemas import decode_cursor, order_json, page
 from stockguard.domain.errors import ValidationFailed
-from stockguard.service.recovery import list_needs_review, list_paid_uncommitted, recover_order
+from stockguard.service.recovery import (
+    Recovery,
+    list_needs_review,
+    list_paid_uncommitted,
+    recover_order,
+)
 
 __all__ = ["router"]
 
@@ -42,11 +49,13 @@ async def paid_uncommitted(_key: Admin, b: B, limit: Limit = 50, after: After = 
 
 
 @router.post("/v1/admin/orders/{order_id}/recover-inventory")
-async def recover_inventory(order_id: str, key: Admin, b: B) -> Any:
-    result = await recover_order(b, order_id, f"key:{key.name}")
-    assert result is not None  # only the worker skips locked orders
-    return {
-        "outcome": result.outcome.value,
-        "order": order_json(result.order) if result.order else None,
-        "log_id": result.log_id,
-    }
+async def recover_inventory(order_id: str, key: Admin, b: B) -> Response:
+    def render(result: Recovery | None) -> tuple[int, Any]:
+        assert result is not None  # only the worker skips locked orders
+        return 200, {
+            "outcome": result.outcome.value,
+            "order": order_json(result.order) if result.order else None,
+            "log_id": result.log_id,
+        }
+
+    return await answered(lambda: recover_order(b, order_id, f"key:{key.name}"), render)

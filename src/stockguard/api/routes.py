@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from stockguard.api.answers import answered
+from stockguard.api.auth import api_key_of
 from stockguard.api.schemas import (
     AdjustmentIn,
     ApiKeyIn,
@@ -35,7 +37,7 @@ from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
 from stockguard.service.catalogue import SkuView
 from stockguard.service.reconcile import reconcile
-from stockguard.service.uow import Backends
+from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.service.verify import verify
 from stockguard.store import keys
 from stockguard.store.orders import find_orders
@@ -110,14 +112,10 @@ def backends(request: Request) -> Backends:
 
 
 async def principal(request: Request) -> keys.ApiKey:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-    async with backends(request).pool.acquire() as conn:
-        key = await keys.authenticate(conn, token.strip())
+    """The key :class:`stockguard.api.auth.Authentication` found for this request."""
+    key = api_key_of(request.scope)
     if key is None:
-        raise Unauthorized("unknown or revoked API key")
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
     return key
 
 
@@ -233,32 +231,31 @@ async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None)
 
 
 @router.post("/v1/skus/{sku}/adjustments", tags=["catalogue"], status_code=201)
-async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> JSONResponse:
-    result = await catalogue.adjust_stock(
-        b,
-        catalogue.Adjustment(
-            sku=sku,
-            location=body.location,
-            reason=body.reason,
-            delta=body.delta,
-            set_on_hand=body.set_on_hand,
-            expected_on_hand=body.expected_on_hand,
-            reference=body.reference,
-        ),
-        actor(key),
+async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> Response:
+    adjustment = catalogue.Adjustment(
+        sku=sku,
+        location=body.location,
+        reason=body.reason,
+        delta=body.delta,
+        set_on_hand=body.set_on_hand,
+        expected_on_hand=body.expected_on_hand,
+        reference=body.reference,
     )
-    return _json(
-        {
-            "sku": result.sku,
-            "location": result.location,
-            "on_hand": result.on_hand,
-            "reserved": result.reserved,
-            "available": result.available,
-            "on_hand_delta": result.on_hand_delta,
-            "updated_at": ts(result.updated_at),
-        },
-        201,
+    return await answered(
+        lambda: catalogue.adjust_stock(b, adjustment, actor(key)), lambda r: (201, _adjusted(r))
     )
+
+
+def _adjusted(result: catalogue.AdjustResult) -> dict[str, Any]:
+    return {
+        "sku": result.sku,
+        "location": result.location,
+        "on_hand": result.on_hand,
+        "reserved": result.reserved,
+        "available": result.available,
+        "on_hand_delta": result.on_hand_delta,
+        "updated_at": ts(result.updated_at),
+    }
 
 
 @router.get("/v1/availability", tags=["catalogue"])
@@ -280,7 +277,7 @@ async def get_availability(
 
 
 @router.post("/v1/orders", tags=["orders"], status_code=201)
-async def place_order(body: OrderIn, key: Service, b: B) -> JSONResponse:
+async def place_order(body: OrderIn, key: Service, b: B) -> Response:
     request = orders.PlaceOrder(
         id=body.id or str(uuid.uuid4()),
         lines=tuple((ln.sku, ln.quantity) for ln in body.lines),
@@ -291,8 +288,10 @@ async def place_order(body: OrderIn, key: Service, b: B) -> JSONResponse:
         total_amount=body.total_amount,
         currency=body.currency.upper() if body.currency else None,
     )
-    placed = await orders.place_order(b, request, actor(key))
-    return _json(order_json(placed.order), 201 if placed.created else 200)
+    return await answered(
+        lambda: orders.place_order(b, request, actor(key)),
+        lambda placed: (201 if placed.created else 200, order_json(placed.order)),
+    )
 
 
 @router.get("/v1/orders/{order_id}", tags=["orders"])
@@ -325,15 +324,20 @@ async def list_orders(
 
 
 @router.post("/v1/orders/{order_id}/payments", tags=["orders"])
-async def pay(order_id: str, body: PaymentIn, key: Service, b: B) -> Any:
+async def pay(order_id: str, body: PaymentIn, key: Service, b: B) -> Response:
     proof = orders.PaymentProof(body.provider, body.payment_id, body.amount, body.currency)
-    return order_json(await orders.pay_order(b, order_id, proof, actor(key)))
+    return await answered(
+        lambda: orders.pay_order(b, order_id, proof, actor(key)), lambda o: (200, order_json(o))
+    )
 
 
 @router.post("/v1/orders/{order_id}/cancel", tags=["orders"])
-async def cancel(order_id: str, key: Service, b: B, body: CancelIn | None = None) -> Any:
+async def cancel(order_id: str, key: Service, b: B, body: CancelIn | None = None) -> Response:
     reason = body.reason if body else None
-    return order_json(await orders.cancel_order(b, order_id, actor(key), reason))
+    return await answered(
+        lambda: orders.cancel_order(b, order_id, actor(key), reason),
+        lambda o: (200, order_json(o)),
+    )
 
 
 @router.patch("/v1/orders/{order_id}", tags=["orders"])
@@ -362,10 +366,16 @@ def _key_json(k: keys.ApiKey) -> dict[str, Any]:
 
 
 @router.post("/v1/admin/api-keys", tags=["admin"], status_code=201)
-async def create_api_key(body: ApiKeyIn, _key: Admin, b: B) -> JSONResponse:
-    async with b.pool.acquire() as conn:
-        made, clear = await keys.create_key(conn, body.role, body.name)
-    return _json({**_key_json(made), "key": clear}, 201)
+async def create_api_key(body: ApiKeyIn, key: Admin, b: B) -> Response:
+    async def create(uow: UnitOfWork) -> tuple[keys.ApiKey, str]:
+        return await keys.create_key(uow.conn, body.role, body.name)
+
+    return await answered(
+        lambda: run(b, actor(key), create, operation="create_api_key"),
+        lambda made: (201, {**_key_json(made[0]), "key": made[1]}),
+        # The key is shown once: a replay answers without it.
+        replay=lambda made: {**_key_json(made[0]), "key": None},
+    )
 
 
 @router.get("/v1/admin/api-keys", tags=["admin"])

@@ -443,22 +443,28 @@ async def place_orders(
 
     # The same new id placed concurrently is a unique violation: run() runs it again,
     # and then it is "existing".
-    decisions = await run(backends, actor, body, operation="place_order")
-    out: list[Placed | StockguardError] = []
-    for d in decisions:
-        if d.error is not None:
-            out.append(d.error)
-        else:
-            assert d.order is not None
-            out.append(Placed(d.order, created=d.created))
-    return out
+    decisions = await run(backends, actor, body, operation="place_order", answers=False)
+    return [_outcome(d) for d in decisions]
+
+
+def _outcome(d: _Decision) -> Placed | StockguardError:
+    if d.error is not None:
+        return d.error
+    assert d.order is not None
+    return Placed(d.order, created=d.created)
 
 
 async def place_order(backends: Backends, request: PlaceOrder, actor: str) -> Placed:
-    (result,) = await place_orders(backends, [request], actor)
-    if isinstance(result, StockguardError):
-        raise result
-    return result
+    """Place one order; a refusal is raised (inside the transaction: nothing changed)."""
+
+    async def body(uow: UnitOfWork) -> Placed:
+        (decision,) = await _place(uow, [request])
+        outcome = _outcome(decision)
+        if isinstance(outcome, StockguardError):
+            raise outcome
+        return outcome
+
+    return await run(backends, actor, body, operation="place_order")
 
 
 # ---------------------------------------------------------------- reading
@@ -848,7 +854,7 @@ async def _record_unpaid_commit(
         return "recorded"
 
     try:
-        state = await run(backends, actor, body, operation="record_payment")
+        state = await run(backends, actor, body, operation="record_payment", answers=False)
     except Exception as failure:
         log.error(
             "payment_not_recorded",

@@ -25,6 +25,7 @@ from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable
 from stockguard.logging import get_logger
 from stockguard.metrics import CACHE_SYNC_FAILURES, COMPENSATION_FAILED, OPERATION_SECONDS
+from stockguard.service.idempotency import Answer, claim_key, current_claim, store_answer
 from stockguard.store.db import CONNECTION_LOST, Conn, LostBeforeCommit, retrying
 from stockguard.store.levels import LevelWriter
 
@@ -141,17 +142,32 @@ async def run(
     fn: Callable[[UnitOfWork], Awaitable[T]],
     *,
     operation: str,
+    answers: bool = True,
 ) -> T:
-    """Run ``fn`` in one transaction (again after a deadlock), syncing the cache first."""
+    """Run ``fn`` in one transaction (again after a deadlock), syncing the cache first.
+
+    When the request carries an ``Idempotency-Key`` (and ``answers``: the use case's main
+    transaction, not a failsafe of its own), the key is taken first and the answer stored
+    last, in this same transaction."""
+    claim = current_claim() if answers else None
+    if claim is not None and (claim.render is None or claim.done):
+        claim = None
 
     async def attempt() -> T:
         failed: BaseException | None = None
+        answer: Answer | None = None
         async with backends.pool.acquire() as conn:
             tr = conn.transaction()
             await tr.start()
             uow = UnitOfWork(conn=conn, levels=LevelWriter(conn, actor), actor=actor)
             try:
+                if claim is not None:
+                    await claim_key(conn, claim)
                 result = await fn(uow)
+                if claim is not None:
+                    assert claim.render is not None
+                    answer = claim.render(result)
+                    await store_answer(conn, claim, answer)
                 wrote = await _sync_before_commit(backends, uow)
             except CacheUnavailable:
                 await tr.rollback()
@@ -175,6 +191,8 @@ async def run(
             # request must not hold one while it waits for another.
             await _restore_after_failed_commit(backends, sorted(uow.levels.touched))
             raise failed
+        if claim is not None:
+            claim.answer, claim.done = answer, True
         return result
 
     with OPERATION_SECONDS.labels(operation).time():
