@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -37,6 +36,7 @@ from stockguard.runtime import open_backends, resolve_endpoints
 from stockguard.service.verify import verify
 from stockguard.store import keys
 from tests.conftest import Servers
+from tests.test_lifecycle import gone
 
 
 @pytest.fixture
@@ -207,26 +207,6 @@ def test_start_redis_does_not_pass_off_another_servers_port_as_its_own(
 
 def _postmaster_pid(pgdata: Path) -> int:
     return int((pgdata / "postmaster.pid").read_text().split()[0])
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (Linux: /proc)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def gone(pid: int, within: float = 10) -> bool:
-    """The process ends within ``within`` seconds (it may take a moment after its server
-    stopped answering)."""
-    deadline = time.monotonic() + within
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)  # poll the process table again
-    return True
 
 
 async def test_no_configuration_starts_embedded_postgres_and_redis(
