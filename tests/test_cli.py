@@ -547,8 +547,9 @@ def test_serve_answers_health_and_readiness(servers: Servers, tmp_path: Path) ->
         assert anonymous.json()["code"] == "unauthorized"
     finally:
         code = _stop(proc)
-    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught.
-    assert code in (0, -signal.SIGTERM), log.read_text()
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught: that ends the
+    # command like Ctrl-C (its finally blocks run), with exit code 0.
+    assert code == 0, log.read_text()
     assert "Application shutdown complete" in log.read_text()
     events = _json_lines(log)
     serving = [e for e in events if e.get("event") == "serving"]

@@ -12,12 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,16 +25,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import outside_pytest_tmp
+
 STOP_WITHIN = 20  # seconds: a graceful stop of an idle service takes about one
 
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    """Outside pytest's own temporary tree: other pytest sessions on the machine reset its
-    root to 0700, which (as root) locks PostgreSQL's user out of its data."""
-    path = Path(tempfile.mkdtemp(prefix="stockguard-lifecycle-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with outside_pytest_tmp("stockguard-lifecycle-") as path:
+        yield path
 
 
 def answers(port: int) -> bool:

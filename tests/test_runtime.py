@@ -210,14 +210,14 @@ def _postmaster_pid(pgdata: Path) -> int:
 
 
 async def test_no_configuration_starts_embedded_postgres_and_redis(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_server_env: None
+    outside_tmp: Path, monkeypatch: pytest.MonkeyPatch, no_server_env: None
 ) -> None:
     """The quick start: with no URLs, both servers start under the data directory,
     migrations apply, a bootstrap admin key works and the database is consistent; leaving
     stops both."""
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # ours: a short private one
     key = f"sg_boot_{secrets.token_hex(16)}"
-    data = tmp_path / "sg"
+    data = outside_tmp / "sg"
     settings = Settings(data_dir=data, bootstrap_admin_key=key, db_pool_min=1)
     endpoints = await asyncio.to_thread(resolve_endpoints, settings)
     emb = endpoints.embedded
@@ -255,12 +255,12 @@ async def test_no_configuration_starts_embedded_postgres_and_redis(
 
 
 async def test_embedded_postgres_url_works_for_a_long_data_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    outside_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Unix socket path is limited to ~107 bytes; for a deeper data directory pgserver
     puts the socket elsewhere, and the URL we hand out must still reach the server."""
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # ours: a short private one
-    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    deep = outside_tmp / ("d" * 60) / ("e" * 40)
     deep.mkdir(parents=True)
     assert len(str(deep / "pg" / ".s.PGSQL.5432")) > 108
     url, server = await asyncio.to_thread(start_postgres, deep, "postgres")
@@ -302,11 +302,13 @@ def test_as_root_parents_of_the_data_get_one_search_bit_only(tmp_path: Path) -> 
     os.chown(owned, user.pw_uid, 0)
     owned.chmod(0o640)
     passable.chmod(0o711)
-    others = {p: p.stat().st_mode for p in tmp_path.parents}
+    others = {p: p.stat().st_mode for p in (tmp_path, *tmp_path.parents)}
     _let_pgserver_user_reach(target)
     modes = [p.stat().st_mode & 0o7777 for p in (ours, theirs, owned, passable)]
     assert modes == [0o710, 0o751, 0o740, 0o711]
-    assert {p: p.stat().st_mode for p in tmp_path.parents} == others  # already passable
+    for p, before in others.items():  # above: passable now, and by an x bit only
+        added = p.stat().st_mode & ~before
+        assert added in (0, 0o100, 0o010, 0o001), (p, oct(before), oct(added))
     _let_pgserver_user_reach(target)  # nothing left to grant: no change
     assert [p.stat().st_mode & 0o7777 for p in (ours, theirs, owned, passable)] == modes
 
