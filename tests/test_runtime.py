@@ -26,6 +26,7 @@ from stockguard.api.app import build_app
 from stockguard.config import CacheMode, Settings
 from stockguard.embedded import (
     PGSERVER_SYSTEM_USER,
+    EmbeddedPostgres,
     EmbeddedRedis,
     open_embedded,
     redis_server_binary,
@@ -319,12 +320,15 @@ def test_as_root_parents_of_the_data_get_one_search_bit_only(tmp_path: Path) -> 
 def test_the_last_user_of_the_embedded_redis_stops_it(tmp_path: Path) -> None:
     first = open_embedded(tmp_path, postgres=False, redis=True)
     second = open_embedded(tmp_path, postgres=False, redis=True)
+    third = open_embedded(tmp_path, postgres=False, redis=True)
     assert first.redis is not None
     assert second.redis is not None
-    assert (first.others, second.others) == (0, 1)
+    assert (first.others, second.others, third.others) == (0, 1, 2)
     assert second.redis.port == first.redis.port
     assert second.redis.process is None  # joined, did not start
-    first.close()  # the starter goes first: the server stays for the second
+    third.close()  # a joiner goes first
+    assert answers(second.redis.port)
+    first.close()  # then the starter: the server stays for the second
     first.close()
     assert answers(second.redis.port)
     second.close()
@@ -365,6 +369,20 @@ def test_a_user_killed_with_sigkill_neither_keeps_the_servers_nor_blocks(
     assert gone(pid)
 
 
+def test_a_crashed_postgres_is_not_running(tmp_path: Path) -> None:
+    """A server killed with SIGKILL leaves postmaster.pid behind: stopping it is a no-op."""
+    with subprocess.Popen(["true"]) as gone_process:
+        pass
+    (tmp_path / "postmaster.pid").write_text(f"{gone_process.pid}\n{tmp_path}\n")
+    server = EmbeddedPostgres(tmp_path)
+    assert not server.running()
+    server.stop()
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    assert server.running()  # a live process
+    (tmp_path / "postmaster.pid").unlink()
+    assert not server.running()
+
+
 def test_a_failed_start_leaves_no_registration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -390,18 +408,34 @@ def test_stop_server_leaves_a_server_that_is_not_the_one_it_knew(
     assert answers(other.port)
 
 
-def test_stopping_is_not_interrupted_by_another_ctrl_c(capfd: pytest.CaptureFixture[str]) -> None:
-    from stockguard.embedded import _not_interrupted
+def test_ctrl_c_and_sigterm_wait_while_the_servers_start_or_stop(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from stockguard.embedded import _signals_held
 
     before = signal.getsignal(signal.SIGINT)
-    with _not_interrupted():
+    with _signals_held("stopping", replay=False):
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGTERM)
     assert signal.getsignal(signal.SIGINT) is before
     assert "stopping the embedded servers, please wait" in capfd.readouterr().err
 
-    def in_a_thread() -> None:  # only the main thread may set handlers: nothing to shield
-        with _not_interrupted():
+    reached = []
+
+    def start() -> None:
+        with _signals_held("starting", replay=True):
+            signal.raise_signal(signal.SIGTERM)
+            reached.append("the start went on to its end")
+
+    with pytest.raises(KeyboardInterrupt):
+        start()
+    assert reached == ["the start went on to its end"]
+    assert signal.getsignal(signal.SIGINT) is before
+    with _signals_held("starting", replay=True):  # nothing came: nothing raised
+        pass
+
+    def in_a_thread() -> None:  # only the main thread may set handlers: nothing to hold
+        with _signals_held("stopping", replay=False):
             pass
 
     worker = threading.Thread(target=in_a_thread)

@@ -121,7 +121,17 @@ class EmbeddedPostgres:
     created: bool = False  # this start ran initdb or created the database
 
     def running(self) -> bool:
-        return (self.pgdata / "postmaster.pid").exists()
+        """Its postmaster.pid names a live process (a crashed server leaves the file)."""
+        pid = _read_int(self.pgdata / "postmaster.pid", first_line=True)
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - alive, as another user
+            return True
+        return True
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are rolled back) and wait for it.
@@ -218,9 +228,10 @@ def _answers(port: int) -> bool:
     return _server_pid(port) is not None
 
 
-def _read_int(path: Path) -> int:
+def _read_int(path: Path, *, first_line: bool = False) -> int:
     try:
-        return int(path.read_text().strip() or 0)
+        text = path.read_text()
+        return int((text.splitlines()[0] if first_line and text else text).strip() or 0)
     except (FileNotFoundError, ValueError):
         return 0
 
@@ -362,14 +373,18 @@ def _live_users(data_dir: Path, me: Path | None) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _not_interrupted() -> Iterator[None]:
-    """A second Ctrl-C or SIGTERM while the servers stop must not stop us halfway."""
+def _signals_held(doing: str, *, replay: bool) -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait while the embedded servers start or stop, so neither is cut
+    halfway (an initdb cut short leaves a data directory that never starts). With
+    ``replay``, one that came is raised as KeyboardInterrupt afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    caught: list[int] = []
 
     def later(signum: int, _frame: object) -> None:
-        print("stockguard: stopping the embedded servers, please wait", file=sys.stderr)
+        caught.append(signum)
+        print(f"stockguard: {doing} the embedded servers, please wait", file=sys.stderr)
 
     previous = {s: signal.signal(s, later) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -377,6 +392,8 @@ def _not_interrupted() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if caught and replay:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -398,7 +415,7 @@ class EmbeddedServers:
         """Leave; stop every server no one else still uses. Calling it again does nothing."""
         if self._lease is None:
             return
-        with _not_interrupted(), _registry_lock(self.data_dir):
+        with _signals_held("stopping", replay=False), _registry_lock(self.data_dir):
             self._leave()
 
     def _leave(self) -> None:
@@ -440,15 +457,16 @@ def open_embedded(
         os.write(fd, json.dumps({"pid": os.getpid(), "servers": sorted(kinds)}).encode())
         servers = EmbeddedServers(data_dir, others=others, _kinds=kinds, _lease=lease, _lease_fd=fd)
         try:
-            if postgres:
-                url, pg = start_postgres(data_dir, database)
-                servers.database_url, servers._postgres = url, pg
-                servers.new_database = pg.created
-            if redis:
-                servers.redis = start_redis(data_dir)
+            with _signals_held("starting", replay=True):
+                if postgres:
+                    url, pg = start_postgres(data_dir, database)
+                    servers.database_url, servers._postgres = url, pg
+                    servers.new_database = pg.created
+                if redis:
+                    servers.redis = start_redis(data_dir)
         except BaseException:
             # Interrupted or failed: leave as if done, stopping what no one else uses.
-            with _not_interrupted():
+            with _signals_held("stopping", replay=False):
                 servers._leave()
             raise
     return servers
