@@ -131,7 +131,7 @@ async def bench_env(run_id: str) -> AsyncIterator[BenchEnv]:
                 if isinstance(h, EmbeddedRedis):
                     h.stop()
                 else:
-                    h.cleanup()
+                    h.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -9,11 +9,14 @@ removes both at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,7 +27,7 @@ import redis.asyncio as aioredis
 from stockguard.api.app import build_app
 from stockguard.cache.redis_cache import RedisCache
 from stockguard.config import CacheMode, Settings
-from stockguard.embedded import EmbeddedRedis, start_postgres, start_redis
+from stockguard.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
 from stockguard.service import catalogue
 from stockguard.service.uow import Backends
 from stockguard.store import keys
@@ -49,16 +52,39 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+@contextlib.contextmanager
+def outside_pytest_tmp(prefix: str) -> Iterator[Path]:
+    """A temporary directory outside pytest's own: as root, embedded PostgreSQL runs as
+    another user, and every pytest session that starts on the machine resets pytest's
+    temporary root to 0700, locking a running server out of its data."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    with outside_pytest_tmp("stockguard-test-") as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    handles: list[Any] = []
+def servers() -> Iterator[Servers]:
+    with outside_pytest_tmp("stockguard-test-servers-") as embedded:
+        yield from _servers(embedded)
+
+
+def _servers(embedded: Path) -> Iterator[Servers]:
+    handles: list[EmbeddedPostgres | EmbeddedRedis] = []
     base_db = os.environ.get("STOCKGUARD_DATABASE_URL")
     if not base_db:
-        base_db, pg = start_postgres(tmp_path_factory.mktemp("embedded"), "postgres")
+        base_db, pg = start_postgres(embedded, "postgres")
         handles.append(pg)
     redis_url = os.environ.get("STOCKGUARD_REDIS_URL")
     if not redis_url:
-        emb = start_redis(tmp_path_factory.mktemp("embedded-redis"))
+        emb = start_redis(embedded)
         handles.append(emb)
         redis_url = emb.url
     name = f"stockguard_test_{RUN_ID}"
@@ -87,8 +113,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     finally:
         asyncio.run(drop())
         for h in handles:
-            if isinstance(h, EmbeddedRedis):
-                h.stop()
+            h.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from typing import Annotated, TypeVar
 
@@ -53,18 +55,50 @@ def _settings() -> Settings:
     return settings
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (kill, systemd, container runtimes) stops a command the way Ctrl-C does:
+    uvicorn drains, then ``finally`` blocks run and the embedded servers are left."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resolve(settings: Settings) -> Endpoints:
+    """``resolve_endpoints``, saying on stderr which data directory the embedded servers
+    use: it is relative to the current directory, and a new one means an empty database."""
+    endpoints = resolve_endpoints(settings)
+    emb = endpoints.embedded
+    if emb is not None:
+        if emb.database_url is None:
+            what = "embedded Redis only"
+        elif emb.new_database:
+            what = "created a new, empty database (STOCKGUARD_DATA_DIR chooses another)"
+        else:
+            what = "existing database"
+        if emb.others:
+            what += f"; joined the servers of {emb.others} other running process(es)"
+        print(f"stockguard: data directory {emb.data_dir}: {what}", file=sys.stderr, flush=True)
+    return endpoints
+
+
 def _with_backends(fn: Callable[[Backends], Awaitable[T]], *, migrate: bool = True) -> T:
     settings = _settings()
-    endpoints = resolve_endpoints(settings)
+    with _sigterm_as_ctrl_c():
+        endpoints = _resolve(settings)
 
-    async def go() -> T:
-        async with open_backends(settings, endpoints, migrate=migrate) as backends:
-            return await fn(backends)
+        async def go() -> T:
+            async with open_backends(settings, endpoints, migrate=migrate) as backends:
+                return await fn(backends)
 
-    try:
-        return asyncio.run(go())
-    finally:
-        endpoints.close()
+        try:
+            return asyncio.run(go())
+        finally:
+            # The loop's own SIGTERM handler (worker) is gone: a second SIGTERM is Ctrl-C again.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            endpoints.close()
 
 
 def _export(endpoints: Endpoints) -> None:
@@ -82,38 +116,43 @@ def serve(
         bool, typer.Option("--run-workers/--no-run-workers", help="run worker loops inside")
     ] = True,
 ) -> None:
-    """Apply migrations, then serve the HTTP API (with the worker loops unless told not)."""
+    """Apply migrations, then serve the HTTP API (with the worker loops unless told not).
+    SIGTERM or Ctrl-C: finish the requests in flight, then stop."""
     import uvicorn
 
     settings = _settings()
-    endpoints = resolve_endpoints(settings)
-    try:
-        upgrade(endpoints.database_url)
-        _export(endpoints)
-        os.environ["STOCKGUARD_RUN_WORKERS"] = "true" if run_workers else "false"
-        log.info("serving", host=host, port=port, workers=workers)
-        uvicorn.run(
-            "stockguard.api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
-    finally:
-        endpoints.close()
+    with _sigterm_as_ctrl_c():
+        endpoints = _resolve(settings)
+        try:
+            upgrade(endpoints.database_url)
+            _export(endpoints)
+            os.environ["STOCKGUARD_RUN_WORKERS"] = "true" if run_workers else "false"
+            log.info("serving", host=host, port=port, workers=workers)
+            # uvicorn catches SIGTERM itself, shuts down gracefully, then raises it again:
+            # our handler turns that into KeyboardInterrupt, which uvicorn.run swallows.
+            uvicorn.run(
+                "stockguard.api.app:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+            )
+        finally:
+            endpoints.close()
 
 
 @app.command()
 def migrate() -> None:
     """Apply the database migrations and exit."""
     settings = _settings()
-    endpoints = resolve_endpoints(settings)
-    try:
-        upgrade(endpoints.database_url)
-    finally:
-        endpoints.close()
+    with _sigterm_as_ctrl_c():
+        endpoints = _resolve(settings)
+        try:
+            upgrade(endpoints.database_url)
+        finally:
+            endpoints.close()
     console.print("migrations applied")
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from stockguard.cache.redis_cache import RedisCache
 from stockguard.config import CacheMode, Settings
-from stockguard.embedded import EmbeddedRedis, start_postgres, start_redis
+from stockguard.embedded import EmbeddedServers, open_embedded
 from stockguard.logging import get_logger
 from stockguard.service.uow import Backends
 from stockguard.store import keys
@@ -25,36 +24,41 @@ log = get_logger(__name__)
 
 @dataclass
 class Endpoints:
-    """Where PostgreSQL and Redis are; holds embedded servers alive while referenced."""
+    """Where PostgreSQL and Redis are; while open, holds this process's share of the
+    embedded servers (if any)."""
 
     database_url: str
     redis_url: str
-    handles: list[Any] = field(default_factory=list)
+    embedded: EmbeddedServers | None = None
 
     def close(self) -> None:
-        for h in self.handles:
-            if isinstance(h, EmbeddedRedis):
-                h.stop()
-        self.handles.clear()
+        """Leave the embedded servers; the last process to leave stops them."""
+        if self.embedded is not None:
+            self.embedded.close()
+            self.embedded = None
 
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
-    """Use the configured servers, or start embedded ones under ``settings.data_dir``."""
-    handles: list[Any] = []
-    if settings.database_url is not None:
-        db_url = settings.database_url.get_secret_value()
-    else:
-        db_url, pg = start_postgres(settings.data_dir)
-        handles.append(pg)
-        log.info("using_embedded_postgres", data_dir=str(settings.data_dir))
-    if settings.redis_url is not None:
-        redis_url = settings.redis_url.get_secret_value()
-    else:
-        emb = start_redis(settings.data_dir)
-        handles.append(emb)
-        redis_url = emb.url
-        log.info("using_embedded_redis", data_dir=str(settings.data_dir), port=emb.port)
-    return Endpoints(db_url, redis_url, handles)
+    """Use the configured servers, or start (or join) embedded ones under
+    ``settings.data_dir``."""
+    db_url = None if settings.database_url is None else settings.database_url.get_secret_value()
+    redis_url = None if settings.redis_url is None else settings.redis_url.get_secret_value()
+    if db_url is not None and redis_url is not None:
+        return Endpoints(db_url, redis_url)
+    emb = open_embedded(settings.data_dir, postgres=db_url is None, redis=redis_url is None)
+    log.info(
+        "using_embedded_servers",
+        data_dir=str(emb.data_dir),
+        postgres=db_url is None,
+        redis=redis_url is None,
+        new_database=emb.new_database,
+        other_users=emb.others,
+    )
+    db_url = db_url or emb.database_url
+    redis_url = redis_url or (emb.redis.url if emb.redis is not None else None)
+    assert db_url is not None
+    assert redis_url is not None
+    return Endpoints(db_url, redis_url, emb)
 
 
 @contextlib.asynccontextmanager
