@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["HttpServer", "http_server"]
+__all__ = ["HttpServer", "free_port", "http_server", "tail"]
 
 
 @dataclass
@@ -24,14 +24,14 @@ class HttpServer:
     pool_max: int
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -51,7 +51,7 @@ async def http_server(
     """Start ``uvicorn --factory stockguard.api.app:create_app`` with settings from the
     environment (the bench database, prefix and bootstrap admin key; no worker loops),
     wait for ``/readyz``, stop it at the end."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
     env.update(
         STOCKGUARD_DATABASE_URL=database_url,
@@ -80,9 +80,9 @@ async def http_server(
         async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
             while True:
                 if proc.returncode is not None:
-                    raise RuntimeError(f"uvicorn exited:\n{_tail(log_path)}")
+                    raise RuntimeError(f"uvicorn exited:\n{tail(log_path)}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn did not become ready:\n{_tail(log_path)}")
+                    raise RuntimeError(f"uvicorn did not become ready:\n{tail(log_path)}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get("/readyz")).status_code == 200:
                         break

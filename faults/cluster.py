@@ -1,0 +1,225 @@
+"""The system under test: one Redis, two API processes and one worker process that the
+nemesis may kill, freeze and restart, on a fresh database of their own.
+
+- Redis is a ``redis-server`` child (loopback, free port, no persistence) started by
+  :func:`stockguard.embedded.start_redis`, so a kill loses everything and a restart on
+  the same port comes back empty.
+- The API processes run ``python -m stockguard serve --port P --no-run-workers``; the
+  worker runs ``python -m stockguard worker``. All share one environment (strict cache
+  mode, short TTLs and intervals, the bootstrap admin key, the webhook secrets).
+- Every process writes its output to ``<workdir>/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.http_server import free_port, tail
+from stockguard.embedded import EmbeddedRedis, start_redis
+
+__all__ = [
+    "RAZORPAY_SECRET",
+    "STRIPE_SECRET",
+    "Cluster",
+    "Process",
+    "Timing",
+    "cluster",
+]
+
+STRIPE_SECRET = "whsec_faults_stripe_secret"
+RAZORPAY_SECRET = "faults_razorpay_secret"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Short TTLs and intervals, so expiry, abandonment, recovery and the reconciler all
+    run (several times) within a short run."""
+
+    expiry_interval_s: float = 0.5
+    abandon_after_s: int = 2
+    reconcile_interval_s: float = 1.0
+    reconcile_full_interval_s: float = 3.0
+    recovery_interval_s: float = 2.0
+    db_pool_max: int = 6
+
+
+@dataclass
+class Process:
+    """One service process that can be killed (SIGKILL) and started again."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    base_url: str | None = None  # API processes only
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start {self.starts + 1} at {time.time():.3f}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.starts += 1
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def exited(self) -> int | None:
+        """The exit status if the process has ended (by itself or killed), else None."""
+        return None if self.popen is None else self.popen.poll()
+
+    def kill(self) -> None:
+        """``kill -9``, then reap it."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 15) -> str:
+        return tail(self.log_path, lines)
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    database_url: str
+    admin_key: str
+    redis: EmbeddedRedis
+    apis: list[Process]
+    worker: Process
+    frozen: bool = False
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    # ------------------------------------------------------------ Redis faults
+
+    def kill_redis(self) -> None:
+        proc = self.redis.process
+        assert proc is not None
+        if self.frozen:
+            self.thaw_redis()
+        proc.kill()
+        proc.wait()
+
+    async def start_redis(self) -> None:
+        """Start Redis again on the same port, empty (it has no persistence)."""
+        port = self.redis.port
+        self.redis = await asyncio.to_thread(start_redis, self.workdir / "redis", port)
+
+    def freeze_redis(self) -> None:
+        assert self.redis.process is not None
+        os.kill(self.redis.process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw_redis(self) -> None:
+        assert self.redis.process is not None
+        os.kill(self.redis.process.pid, signal.SIGCONT)
+        self.frozen = False
+
+    # ------------------------------------------------------------ processes
+
+    async def start_api(self, api: Process, patience: float = 60.0) -> float:
+        """Start an API process and wait until ``/readyz`` answers 200; returns seconds."""
+        t0 = time.monotonic()
+        api.start()
+        assert api.base_url is not None
+        async with httpx.AsyncClient(base_url=api.base_url, timeout=2) as client:
+            while True:
+                if api.exited() is not None:
+                    raise RuntimeError(f"{api.name} exited:\n{api.log_tail()}")
+                if time.monotonic() - t0 > patience:
+                    raise RuntimeError(f"{api.name} did not become ready:\n{api.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        return time.monotonic() - t0
+                await asyncio.sleep(0.1)
+
+    def stop_all(self) -> None:
+        if self.frozen:
+            self.thaw_redis()
+        for p in [*self.apis, self.worker]:
+            p.stop()
+        self.redis.stop()
+
+
+def service_env(
+    database_url: str, redis_url: str, admin_key: str, workdir: Path, timing: Timing
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
+    env.update(
+        STOCKGUARD_DATABASE_URL=database_url,
+        STOCKGUARD_REDIS_URL=redis_url,
+        STOCKGUARD_BOOTSTRAP_ADMIN_KEY=admin_key,
+        STOCKGUARD_STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
+        STOCKGUARD_RAZORPAY_WEBHOOK_SECRET=RAZORPAY_SECRET,
+        STOCKGUARD_CACHE_MODE="strict",
+        STOCKGUARD_DB_POOL_MIN="1",
+        STOCKGUARD_DB_POOL_MAX=str(timing.db_pool_max),
+        STOCKGUARD_EXPIRY_INTERVAL_SECONDS=str(timing.expiry_interval_s),
+        STOCKGUARD_ABANDON_AFTER_SECONDS=str(timing.abandon_after_s),
+        STOCKGUARD_RECONCILE_INTERVAL_SECONDS=str(timing.reconcile_interval_s),
+        STOCKGUARD_RECONCILE_FULL_INTERVAL_SECONDS=str(timing.reconcile_full_interval_s),
+        STOCKGUARD_RECOVERY_INTERVAL_SECONDS=str(timing.recovery_interval_s),
+        STOCKGUARD_LOG_LEVEL="WARNING",
+        STOCKGUARD_DATA_DIR=str(workdir / "service-data"),
+    )
+    return env
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    database_url: str, admin_key: str, workdir: Path, timing: Timing, api_count: int = 2
+) -> AsyncIterator[Cluster]:
+    """Start Redis, the API processes (one after the other: each bootstraps the admin key)
+    and the worker; stop them all at the end."""
+    redis = await asyncio.to_thread(start_redis, workdir / "redis")
+    env = service_env(database_url, redis.url, admin_key, workdir, timing)
+    py = [sys.executable, "-m", "stockguard"]
+    apis = []
+    for i in range(api_count):
+        port = free_port()
+        apis.append(
+            Process(
+                name=f"api-{i}",
+                args=[*py, "serve", "--port", str(port), "--no-run-workers"],
+                env=env,
+                log_path=workdir / f"api-{i}.log",
+                base_url=f"http://127.0.0.1:{port}",
+            )
+        )
+    worker = Process("worker", [*py, "worker"], env, workdir / "worker.log")
+    c = Cluster(workdir, database_url, admin_key, redis, apis, worker)
+    try:
+        for api in apis:
+            await c.start_api(api)
+        worker.start()
+        yield c
+    finally:
+        c.stop_all()
