@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         initial = await seed_catalogue(c.apis[0].base_url, admin_key)
         history = History()
         urls = [a.base_url for a in c.apis if a.base_url is not None]
-        workload = Workload(urls, admin_key, seed, run_id, history)
+        workload = Workload(urls, admin_key, seed, run_id, history, timing.abandon_after_s)
         nemesis = Nemesis(c, workload.t0)
         schedule = plan(seed, args.duration, len(c.apis))
         stop = asyncio.Event()

@@ -3,7 +3,8 @@
 Settling (faults stopped, every process up): wait until no pending order has an overdue
 reservation, no abandonable order is left, no paid order waits for recovery and no SKU is
 marked dirty, then until the cache reconciler has left Redis equal to PostgreSQL. Not
-settling within its deadline is a violation (a worker stuck or spinning).
+settling within its deadline is a violation (a worker stuck or spinning), and so is a
+service process that burns more than half a CPU while there is nothing to do.
 
 Then, over one snapshot of the database and the history:
 
@@ -34,6 +35,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.driver import cpu_seconds
 from faults.cluster import Cluster
 from faults.history import AMBIGUOUS, OK, REFUSED, History, Op
 from faults.workload import SEED_REFERENCE, SKUS
@@ -43,6 +45,8 @@ __all__ = ["check", "settle"]
 ADJUSTMENT_REASONS = ("received", "shrinkage", "damaged")
 GIVE_BACK = ("release", "expire")
 MAYBE = (OK, AMBIGUOUS)
+IDLE_WINDOW_S = 3.0
+IDLE_CPU_MAX = 0.5  # of one CPU: the worker loops sleep between passes
 
 _UNSETTLED_SQL = """
 SELECT
@@ -91,6 +95,17 @@ async def settle(
     finally:
         await conn.close()
     seen["workers_settled_s"] = round(time.monotonic() - t0, 2)
+    seen["idle_cpu"] = await _idle_cpu(cluster)
+    for name, share in seen["idle_cpu"].items():
+        if share > IDLE_CPU_MAX:
+            violations.append(
+                _violation(
+                    "idle_when_idle",
+                    process=name,
+                    detail=f"used {share:.0%} of a CPU over {IDLE_WINDOW_S:.0f} s with no "
+                    "traffic and nothing left to do (a loop spinning?)",
+                )
+            )
     t1 = time.monotonic()
     drifted: list[Any] = []
     async with _admin(cluster) as h:
@@ -112,6 +127,14 @@ async def settle(
             )
         )
     return violations, seen
+
+
+async def _idle_cpu(cluster: Cluster) -> dict[str, float]:
+    """Each service process's share of one CPU over IDLE_WINDOW_S of no traffic."""
+    procs = [*cluster.apis, cluster.worker]
+    before = {p.name: cpu_seconds(p.pid) for p in procs}
+    await asyncio.sleep(IDLE_WINDOW_S)
+    return {p.name: round((cpu_seconds(p.pid) - before[p.name]) / IDLE_WINDOW_S, 3) for p in procs}
 
 
 def _admin(cluster: Cluster) -> httpx.AsyncClient:

@@ -35,6 +35,8 @@ from faults.workload import SKUS
 __all__ = ["FAULT_KINDS", "LIVENESS_S", "Fault", "Nemesis", "Planned", "plan"]
 
 FAULT_KINDS = ("kill_api", "kill_worker", "pg_terminate", "redis_restart", "redis_freeze")
+TARGETS = {"kill_worker": "worker", "pg_terminate": "postgres", "redis_restart": "redis",
+           "redis_freeze": "redis"}  # fmt: skip
 LIVENESS_S = 10.0
 FIRST_FAULT_S = 2.0  # the workload runs unharmed this long first
 
@@ -100,7 +102,7 @@ class Nemesis:
 
     async def inject(self, p: Planned) -> None:
         c = self.cluster
-        target = c.apis[p.target].name if p.kind == "kill_api" else p.kind.split("_")[0]
+        target = c.apis[p.target].name if p.kind == "kill_api" else TARGETS[p.kind]
         fault = Fault(p.kind, target, p.at, started=self.now())
         self.faults.append(fault)
         if p.kind == "kill_api":

@@ -6,7 +6,9 @@ Every operation goes to a randomly chosen API process. A timeout, a connection e
 same ``Idempotency-Key`` and the same body until :data:`OP_BUDGET_S` runs out. Payments
 arrive three ways for the same payment: the API, a signed Stripe webhook and a signed
 Razorpay webhook (``payment.captured`` or ``order.paid``), and earlier deliveries are
-replayed. Each client draws its choices from its own ``Random(seed, client)``.
+replayed; some payments are aimed at orders whose expired hold is due to be abandoned
+right then (late payments racing the abandonment). Each client draws its choices from
+its own ``Random(seed, client)``.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class OrderState:
     id: str
     provider: str  # every payment of this order is this one payment
     payment_id: str
+    abandon_at: float = 0.0  # when the worker may abandon it if unpaid (client clock)
     status: str = "pending"
     # (provider, event id, body) of webhook deliveries sent, for replays
     deliveries: list[tuple[str, str, bytes]] = field(default_factory=list)
@@ -136,9 +139,16 @@ class OrderState:
 
 class Workload:
     def __init__(
-        self, api_urls: list[str], admin_key: str, seed: int, run_tag: str, history: History
+        self,
+        api_urls: list[str],
+        admin_key: str,
+        seed: int,
+        run_tag: str,
+        history: History,
+        abandon_after_s: float,
     ) -> None:
         self.api_urls = api_urls
+        self.abandon_after_s = abandon_after_s
         self.admin_key = admin_key
         self.seed = seed
         self.run_tag = run_tag
@@ -266,12 +276,25 @@ class Workload:
         if op.outcome != REFUSED:
             provider = rng.choice(("manual", "stripe", "razorpay"))
             prefix = {"manual": "man", "stripe": "pi", "razorpay": "pay"}[provider]
-            self.orders[oid] = OrderState(oid, provider, f"{prefix}_{op_id.replace('-', '_')}")
+            payment_id = f"{prefix}_{op_id.replace('-', '_')}"
+            due = time.monotonic() + ttl + self.abandon_after_s
+            self.orders[oid] = OrderState(oid, provider, payment_id, abandon_at=due)
             self.order_ids.append(oid)
             self._learn(op)
 
+    def _late(self, rng: random.Random) -> OrderState | None:
+        """A pending order whose expired hold is about to be abandoned: a late payment
+        that races the abandonment."""
+        now = time.monotonic()
+        due = [
+            self.orders[i]
+            for i in self.order_ids[-4 * RECENT :]
+            if self.orders[i].status == "pending" and abs(self.orders[i].abandon_at - now) < 0.6
+        ]
+        return rng.choice(due) if due else None
+
     async def _pay(self, rng: random.Random, n: int, op_id: str) -> None:
-        o = self._pick(rng, "pending")
+        o = (self._late(rng) if rng.random() < 0.3 else None) or self._pick(rng, "pending")
         if o is None:
             return
         via = "api" if o.provider == "manual" or rng.random() < 0.35 else "webhook"
