@@ -124,6 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await workload.aclose()
         workload_s = workload.now()
+        await nemesis.final_check()
         progress(f"{len(history.ops)} operations, {len(nemesis.faults)} faults; settling")
         violations = list(nemesis.violations)
         settle_violations, doc["settle"] = await settle(

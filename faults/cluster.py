@@ -150,15 +150,25 @@ class Cluster:
         t0 = time.monotonic()
         api.start()
         assert api.base_url is not None
+        last = "no answer"
         async with httpx.AsyncClient(base_url=api.base_url, timeout=2) as client:
             while True:
                 if api.exited() is not None:
                     raise RuntimeError(f"{api.name} exited:\n{api.log_tail()}")
                 if time.monotonic() - t0 > patience:
-                    raise RuntimeError(f"{api.name} did not become ready:\n{api.log_tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/readyz")).status_code == 200:
+                    raise RuntimeError(
+                        f"{api.name} did not become ready in {patience:.0f} s (last /readyz: "
+                        f"{last}; Redis {'frozen' if self.frozen else 'running'}):\n"
+                        f"{api.log_tail()}"
+                    )
+                try:
+                    ready = await client.get("/readyz")
+                except httpx.HTTPError as exc:
+                    last = type(exc).__name__
+                else:
+                    if ready.status_code == 200:
                         return time.monotonic() - t0
+                    last = f"{ready.status_code} {ready.text[:200]}"
                 await asyncio.sleep(0.1)
 
     def stop_all(self) -> None:

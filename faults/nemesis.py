@@ -123,6 +123,11 @@ class Nemesis:
         fault.ended = self.now()
         await self.check_liveness(fault)
 
+    async def final_check(self) -> None:
+        """Liveness once more when the run is over, before the checks use the processes."""
+        now = self.now()
+        await self.check_liveness(Fault("end_of_run", "all", now, started=now, ended=now))
+
     async def _restart(self, proc: Process, hold: float, fault: Fault) -> None:
         fault.note["killed_pid"] = proc.pid if proc.exited() is None else None
         proc.kill()
@@ -164,7 +169,18 @@ class Nemesis:
             )
             fault.note.setdefault("healed", []).append(api.name)
             api.kill()
-            await c.start_api(api)
+            try:
+                await c.start_api(api, patience=30.0)
+            except RuntimeError as exc:
+                self.violations.append(
+                    {
+                        "check": "restart",
+                        "fault": fault.kind,
+                        "at_s": round(self.now(), 2),
+                        "process": api.name,
+                        "detail": str(exc)[:1500],
+                    }
+                )
         self._check_alive(fault)
 
     async def _serving(self, api: Process, deadline: float) -> str | None:

@@ -294,11 +294,14 @@ class Workload:
         return rng.choice(due) if due else None
 
     async def _pay(self, rng: random.Random, n: int, op_id: str) -> None:
-        o = (self._late(rng) if rng.random() < 0.3 else None) or self._pick(rng, "pending")
+        late = self._late(rng) if rng.random() < 0.3 else None
+        o = late or self._pick(rng, "pending")
         if o is None:
             return
         via = "api" if o.provider == "manual" or rng.random() < 0.35 else "webhook"
         detail: dict[str, Any] = {"via": via, "provider": o.provider, "payment_id": o.payment_id}
+        if late is not None:
+            detail["late"] = True
         if via == "api":
             op = self._op(op_id, "pay", n, o.id, **detail)
             body = {"provider": o.provider, "payment_id": o.payment_id}
