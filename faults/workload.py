@@ -6,8 +6,8 @@ Every operation goes to a randomly chosen API process. A timeout, a connection e
 same ``Idempotency-Key`` and the same body until :data:`OP_BUDGET_S` runs out. Payments
 arrive three ways for the same payment: the API, a signed Stripe webhook and a signed
 Razorpay webhook (``payment.captured`` or ``order.paid``), and earlier deliveries are
-replayed; some payments are aimed at orders whose expired hold is due to be abandoned
-right then (late payments racing the abandonment). Each client draws its choices from
+replayed. Some shoppers pay late: right when the worker may abandon their order (its hold
+expired), so the payment races the abandonment. Each client draws its choices from
 its own ``Random(seed, client)``.
 """
 
@@ -131,7 +131,7 @@ class OrderState:
     id: str
     provider: str  # every payment of this order is this one payment
     payment_id: str
-    abandon_at: float = 0.0  # when the worker may abandon it if unpaid (client clock)
+    pay_late_at: float | None = None  # a shopper who pays around the abandonment deadline
     status: str = "pending"
     # (provider, event id, body) of webhook deliveries sent, for replays
     deliveries: list[tuple[str, str, bytes]] = field(default_factory=list)
@@ -154,6 +154,7 @@ class Workload:
         self.run_tag = run_tag
         self.history = history
         self.orders: dict[str, OrderState] = {}
+        self.late: dict[int, list[OrderState]] = {}  # each client's late payers
         self.order_ids: list[str] = []
         self.t0 = time.monotonic()
         self.http = httpx.AsyncClient(
@@ -173,11 +174,19 @@ class Workload:
         rng = random.Random(f"{self.seed}:{n}")
         kinds = [k for k, _ in MIX]
         weights = [w for _, w in MIX]
+        late = self.late.setdefault(n, [])
         i = 0
         while not stop.is_set():
             i += 1
-            kind = rng.choices(kinds, weights)[0]
             op_id = f"{self.run_tag}-{n}-{i}"
+            now = time.monotonic()
+            due = next((o for o in late if (o.pay_late_at or now) <= now), None)
+            if due is not None:
+                late.remove(due)
+                due.pay_late_at = None
+                await self._pay(rng, n, op_id, due)
+                continue
+            kind = rng.choices(kinds, weights)[0]
             await getattr(self, f"_{kind}")(rng, n, op_id)
             await asyncio.sleep(0)  # let the nemesis and the other clients in
 
@@ -248,7 +257,10 @@ class Workload:
         return Op(op_id, kind, client, target, start=self.now(), detail=detail)
 
     def _pick(self, rng: random.Random, *statuses: str) -> OrderState | None:
-        recent = [self.orders[i] for i in self.order_ids[-RECENT:]]
+        # Late payers are left alone until their shopper pays.
+        recent = [
+            o for o in (self.orders[i] for i in self.order_ids[-RECENT:]) if o.pay_late_at is None
+        ]
         wanted = [o for o in recent if o.status in statuses] if statuses else recent
         # Now and then any order: refusals (and races with other clients) are part of it.
         pool = wanted if wanted and rng.random() < 0.85 else recent
@@ -277,24 +289,18 @@ class Workload:
             provider = rng.choice(("manual", "stripe", "razorpay"))
             prefix = {"manual": "man", "stripe": "pi", "razorpay": "pay"}[provider]
             payment_id = f"{prefix}_{op_id.replace('-', '_')}"
-            due = time.monotonic() + ttl + self.abandon_after_s
-            self.orders[oid] = OrderState(oid, provider, payment_id, abandon_at=due)
+            order = self.orders[oid] = OrderState(oid, provider, payment_id)
             self.order_ids.append(oid)
             self._learn(op)
+            if ttl <= 3 and rng.random() < 0.3:
+                # Pays when the worker may abandon the order (its hold long expired).
+                due = time.monotonic() + ttl + self.abandon_after_s + rng.uniform(-0.3, 0.3)
+                order.pay_late_at = due
+                self.late[n].append(order)
 
-    def _late(self, rng: random.Random) -> OrderState | None:
-        """A pending order whose expired hold is about to be abandoned: a late payment
-        that races the abandonment."""
-        now = time.monotonic()
-        due = [
-            self.orders[i]
-            for i in self.order_ids[-4 * RECENT :]
-            if self.orders[i].status == "pending" and abs(self.orders[i].abandon_at - now) < 0.6
-        ]
-        return rng.choice(due) if due else None
-
-    async def _pay(self, rng: random.Random, n: int, op_id: str) -> None:
-        late = self._late(rng) if rng.random() < 0.3 else None
+    async def _pay(
+        self, rng: random.Random, n: int, op_id: str, late: OrderState | None = None
+    ) -> None:
         o = late or self._pick(rng, "pending")
         if o is None:
             return
