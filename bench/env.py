@@ -17,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
@@ -37,6 +38,7 @@ __all__ = [
     "loadavg",
     "machine_info",
     "progress",
+    "run_guarded",
     "wait_for_headroom",
 ]
 
@@ -44,8 +46,24 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
 
+T = TypeVar("T")
+
+
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_guarded(main: Callable[[], T], say: Callable[[str], None], what: str) -> T | None:
+    """``main()``; None once an interrupt or a failure has been reported (with its
+    traceback on stderr): the caller exits 2, the run could not be made."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        say("interrupted")
+    except Exception as exc:
+        say(f"{what} failed: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+    return None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["HttpServer", "free_port", "http_server", "tail"]
+__all__ = ["HttpServer", "free_port", "http_server", "service_env", "tail"]
 
 
 @dataclass
@@ -29,6 +29,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def service_env(**settings: object) -> dict[str, str]:
+    """This process's environment without its ``STOCKGUARD_*`` variables, plus
+    ``settings`` (names of :class:`stockguard.config.Settings`) as ``STOCKGUARD_<NAME>``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
+    env.update({f"STOCKGUARD_{name.upper()}": str(v) for name, v in settings.items()})
+    return env
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -52,18 +60,17 @@ async def http_server(
     environment (the bench database, prefix and bootstrap admin key; no worker loops),
     wait for ``/readyz``, stop it at the end."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
-    env.update(
-        STOCKGUARD_DATABASE_URL=database_url,
-        STOCKGUARD_REDIS_URL=redis_url,
-        STOCKGUARD_REDIS_PREFIX=redis_prefix,
-        STOCKGUARD_BOOTSTRAP_ADMIN_KEY=admin_key,
-        STOCKGUARD_RUN_WORKERS="false",
-        STOCKGUARD_CACHE_MODE="strict",
-        STOCKGUARD_DB_POOL_MIN=str(min(8, pool_max)),
-        STOCKGUARD_DB_POOL_MAX=str(pool_max),
-        STOCKGUARD_LOG_LEVEL="WARNING",
-        STOCKGUARD_DATA_DIR=str(workdir / "server-data"),
+    env = service_env(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        bootstrap_admin_key=admin_key,
+        run_workers="false",
+        cache_mode="strict",
+        db_pool_min=min(8, pool_max),
+        db_pool_max=pool_max,
+        log_level="WARNING",
+        data_dir=workdir / "server-data",
     )
     log_path = workdir / "uvicorn.log"
     args = [

@@ -33,12 +33,12 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.env import check_local, fresh_database
+from bench.env import check_local, fresh_database, run_guarded
 from faults.checker import check, settle
 from faults.cluster import Timing, cluster
 from faults.history import OK, History
@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "clients": args.clients,
             "api_processes": 2,
-            "timing": timing.__dict__,
+            "timing": asdict(timing),
         },
     }
     progress(f"seed {seed}, run {run_id}, logs in {workdir}")
@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         initial = await seed_catalogue(c.apis[0].base_url, admin_key)
         history = History()
         urls = [a.base_url for a in c.apis if a.base_url is not None]
-        workload = Workload(urls, admin_key, seed, run_id, history, timing.abandon_after_s)
+        workload = Workload(urls, admin_key, seed, run_id, history, timing.abandon_after_seconds)
         nemesis = Nemesis(c, workload.t0)
         schedule = plan(seed, args.duration, len(c.apis))
         stop = asyncio.Event()
@@ -128,7 +128,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"{len(history.ops)} operations, {len(nemesis.faults)} faults; settling")
         violations = list(nemesis.violations)
         settle_violations, doc["settle"] = await settle(
-            c, timing.abandon_after_s, SETTLE_PATIENCE_S
+            c, timing.abandon_after_seconds, SETTLE_PATIENCE_S
         )
         violations += settle_violations
         progress("checking the history against the database")
@@ -169,16 +169,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    try:
-        doc = asyncio.run(run(args))
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 2
-    except SystemExit:
-        raise
-    except Exception as exc:
-        progress(f"the run could not be made: {type(exc).__name__}: {exc}")
-        traceback.print_exc(file=sys.stderr)
+    doc = run_guarded(lambda: asyncio.run(run(args)), progress, "the fault run")
+    if doc is None:
         return 2
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     if args.out is not None:

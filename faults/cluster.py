@@ -20,12 +20,12 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.http_server import free_port, tail
+from bench.http_server import free_port, service_env, tail
 from stockguard.embedded import EmbeddedRedis, start_redis
 
 __all__ = [
@@ -44,13 +44,13 @@ RAZORPAY_SECRET = "faults_razorpay_secret"
 @dataclass(frozen=True)
 class Timing:
     """Short TTLs and intervals, so expiry, abandonment, recovery and the reconciler all
-    run (several times) within a short run."""
+    run (several times) within a short run. Names are those of stockguard's Settings."""
 
-    expiry_interval_s: float = 0.5
-    abandon_after_s: int = 2
-    reconcile_interval_s: float = 1.0
-    reconcile_full_interval_s: float = 3.0
-    recovery_interval_s: float = 2.0
+    expiry_interval_seconds: float = 0.5
+    abandon_after_seconds: int = 2
+    reconcile_interval_seconds: float = 1.0
+    reconcile_full_interval_seconds: float = 3.0
+    recovery_interval_seconds: float = 2.0
     db_pool_max: int = 6
 
 
@@ -179,30 +179,6 @@ class Cluster:
         self.redis.stop()
 
 
-def service_env(
-    database_url: str, redis_url: str, admin_key: str, workdir: Path, timing: Timing
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
-    env.update(
-        STOCKGUARD_DATABASE_URL=database_url,
-        STOCKGUARD_REDIS_URL=redis_url,
-        STOCKGUARD_BOOTSTRAP_ADMIN_KEY=admin_key,
-        STOCKGUARD_STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
-        STOCKGUARD_RAZORPAY_WEBHOOK_SECRET=RAZORPAY_SECRET,
-        STOCKGUARD_CACHE_MODE="strict",
-        STOCKGUARD_DB_POOL_MIN="1",
-        STOCKGUARD_DB_POOL_MAX=str(timing.db_pool_max),
-        STOCKGUARD_EXPIRY_INTERVAL_SECONDS=str(timing.expiry_interval_s),
-        STOCKGUARD_ABANDON_AFTER_SECONDS=str(timing.abandon_after_s),
-        STOCKGUARD_RECONCILE_INTERVAL_SECONDS=str(timing.reconcile_interval_s),
-        STOCKGUARD_RECONCILE_FULL_INTERVAL_SECONDS=str(timing.reconcile_full_interval_s),
-        STOCKGUARD_RECOVERY_INTERVAL_SECONDS=str(timing.recovery_interval_s),
-        STOCKGUARD_LOG_LEVEL="WARNING",
-        STOCKGUARD_DATA_DIR=str(workdir / "service-data"),
-    )
-    return env
-
-
 @contextlib.asynccontextmanager
 async def cluster(
     database_url: str, admin_key: str, workdir: Path, timing: Timing, api_count: int = 2
@@ -210,7 +186,18 @@ async def cluster(
     """Start Redis, the API processes (one after the other: each bootstraps the admin key)
     and the worker; stop them all at the end."""
     redis = await asyncio.to_thread(start_redis, workdir / "redis")
-    env = service_env(database_url, redis.url, admin_key, workdir, timing)
+    env = service_env(
+        database_url=database_url,
+        redis_url=redis.url,
+        bootstrap_admin_key=admin_key,
+        stripe_webhook_secret=STRIPE_SECRET,
+        razorpay_webhook_secret=RAZORPAY_SECRET,
+        cache_mode="strict",
+        db_pool_min=1,
+        log_level="WARNING",
+        data_dir=workdir / "service-data",
+        **asdict(timing),
+    )
     py = [sys.executable, "-m", "stockguard"]
     apis = []
     for i in range(api_count):
