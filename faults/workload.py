@@ -2,13 +2,13 @@
 adjusting on a few SKUs at two locations, so that they contend for the same rows.
 
 Every operation goes to a randomly chosen API process. A timeout, a connection error, a
-5xx or a "still in progress" 409 is retried (on any process) with the same order id, the
-same ``Idempotency-Key`` and the same body until :data:`OP_BUDGET_S` runs out. Payments
-arrive three ways for the same payment: the API, a signed Stripe webhook and a signed
-Razorpay webhook (``payment.captured`` or ``order.paid``), and earlier deliveries are
-replayed. Some shoppers pay late: right when the worker may abandon their order (its hold
-expired), so the payment races the abandonment. Each client draws its choices from
-its own ``Random(seed, client)``.
+5xx or a 409 ``conflict`` saying the same request is still running is retried (on any
+process) with the same order id, the same ``Idempotency-Key`` and the same body until
+:data:`OP_BUDGET_S` runs out. Payments arrive three ways for the same payment: the API,
+a signed Stripe webhook and a signed Razorpay webhook (``payment.captured`` or
+``order.paid``), and earlier deliveries are replayed. Some shoppers pay late: right when
+the worker may abandon their order (its hold expired), so the payment races the
+abandonment. Each client draws its choices from its own ``Random(seed, client)``.
 """
 
 from __future__ import annotations
@@ -224,7 +224,10 @@ class Workload:
             except httpx.TransportError as exc:
                 retry_as = f"connection:{type(exc).__name__}"
             else:
-                answer = r.json() if r.content else None
+                try:
+                    answer = r.json() if r.content else None
+                except ValueError:
+                    answer = None
                 code = answer.get("code") if isinstance(answer, dict) else None
                 if r.is_success:
                     op.outcome, op.answer, op.code = OK, answer, None
@@ -236,8 +239,8 @@ class Workload:
                 detail = str(answer.get("detail", "")) if isinstance(answer, dict) else ""
                 if r.status_code >= 500:
                     retry_as = f"{r.status_code}:{code}"
-                elif code == "conflict" and ("in progress" in detail or "retry" in detail):
-                    retry_as = "in_progress"
+                elif code == "conflict" and "other content" not in detail:
+                    retry_as = "in_progress"  # the same request is running (or died) elsewhere
                 else:
                     op.outcome, op.code = REFUSED, code or str(r.status_code)
                     break
