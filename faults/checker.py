@@ -40,11 +40,13 @@ from faults.cluster import Cluster
 from faults.history import AMBIGUOUS, OK, REFUSED, History, Op
 from faults.workload import SEED_REFERENCE, SKUS
 
-__all__ = ["check", "settle"]
+__all__ = ["Row", "Snapshot", "check", "check_history", "settle", "snapshot"]
 
 ADJUSTMENT_REASONS = ("received", "shrinkage", "damaged")
 GIVE_BACK = ("release", "expire")
 MAYBE = (OK, AMBIGUOUS)
+Row = dict[str, Any]
+Snapshot = dict[str, list[Row]]  # table -> rows
 IDLE_WINDOW_S = 3.0
 IDLE_CPU_MAX = 0.5  # of one CPU: the worker loops sleep between passes
 
@@ -144,7 +146,8 @@ def _admin(cluster: Cluster) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base, headers=headers, timeout=30)
 
 
-async def _snapshot(database_url: str) -> dict[str, list[asyncpg.Record]]:
+async def snapshot(database_url: str) -> Snapshot:
+    """The rows the checks read, from one repeatable-read transaction."""
     queries = {
         "orders": "SELECT id, status, payment_provider, payment_id, deleted_at, cancel_reason "
         "FROM orders",
@@ -158,7 +161,10 @@ async def _snapshot(database_url: str) -> dict[str, list[asyncpg.Record]]:
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            return {name: await conn.fetch(sql) for name, sql in queries.items()}
+            return {
+                name: [dict(r.items()) for r in await conn.fetch(sql)]
+                for name, sql in queries.items()
+            }
     finally:
         await conn.close()
 
@@ -174,16 +180,10 @@ async def check(
         verified = answer.json()
     for v in verified["violations"]:
         violations.append(_violation("verify", **v))
-    db = await _snapshot(cluster.database_url)
-    orders = {r["id"]: r for r in db["orders"]}
-    lines: dict[str, Counter[str]] = defaultdict(Counter)
-    for r in db["lines"]:
-        lines[r["order_id"]][r["sku"]] += r["quantity"]
-    violations += _check_levels(db, history, initial)
-    violations += _check_orders(db, orders, lines, history)
-    violations += _check_paid_releases(db, orders, history)
+    db = await snapshot(cluster.database_url)
+    violations += check_history(db, history, initial)
     figures = {
-        "orders": len(orders),
+        "orders": len(db["orders"]),
         "orders_by_status": dict(Counter(r["status"] for r in db["orders"])),
         "orders_deleted": sum(1 for r in db["orders"] if r["deleted_at"] is not None),
         "reservations_by_status": dict(Counter(r["status"] for r in db["reservations"])),
@@ -194,9 +194,20 @@ async def check(
     return violations, figures
 
 
-def _check_levels(
-    db: dict[str, list[asyncpg.Record]], history: History, initial: dict[str, int]
-) -> list[dict[str, Any]]:
+def check_history(db: Snapshot, history: History, initial: dict[str, int]) -> list[Row]:
+    """The checks of the history against the database (all but verify and parity)."""
+    orders = {r["id"]: r for r in db["orders"]}
+    lines: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in db["lines"]:
+        lines[r["order_id"]][r["sku"]] += r["quantity"]
+    return [
+        *_check_levels(db, history, initial),
+        *_check_orders(db, orders, lines, history),
+        *_check_paid_releases(db, orders, history),
+    ]
+
+
+def _check_levels(db: Snapshot, history: History, initial: dict[str, int]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     ledger: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for m in db["movements"]:
@@ -211,7 +222,7 @@ def _check_levels(
                                   ledger=ledger[(lv["sku"], lv["location"])]))  # fmt: skip
     # Adjustments: each ledger row names its operation; applied once at most.
     adjust_ops = {o.id: o for o in history.of("adjust")}
-    applied: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    applied: Snapshot = defaultdict(list)
     for m in db["movements"]:
         if m["reason"] in ADJUSTMENT_REASONS and m["reference"] != SEED_REFERENCE:
             applied[m["reference"]].append(m)
@@ -261,8 +272,8 @@ def _check_levels(
 
 
 def _check_orders(
-    db: dict[str, list[asyncpg.Record]],
-    orders: dict[str, asyncpg.Record],
+    db: Snapshot,
+    orders: dict[str, Row],
     lines: dict[str, Counter[str]],
     history: History,
 ) -> list[dict[str, Any]]:
@@ -317,7 +328,7 @@ def _check_orders(
 
 
 def _check_paid_releases(
-    db: dict[str, list[asyncpg.Record]], orders: dict[str, asyncpg.Record], history: History
+    db: Snapshot, orders: dict[str, Row], history: History
 ) -> list[dict[str, Any]]:
     """Invariant 11: only an explicit cancel or delete releases a paid order's stock."""
     out: list[dict[str, Any]] = []
@@ -330,7 +341,7 @@ def _check_paid_releases(
         row = orders[oid]
         if row["cancel_reason"] == "abandoned":
             out.append(_violation("paid_order_abandoned", order=oid, status=row["status"]))
-    released: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    released: Snapshot = defaultdict(list)
     for m in db["movements"]:
         if m["reason"] == "release" and m["order_id"] in paid:
             released[m["order_id"]].append(m)
