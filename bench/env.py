@@ -287,18 +287,22 @@ async def wait_for_headroom(database_url: str, needed: int, patience: float) -> 
     deadline = time.monotonic() + patience
     waited = 0.0
     while True:
-        conn = await asyncpg.connect(database_url)
         try:
-            row = await conn.fetchrow(
-                "SELECT current_setting('max_connections')::int "
-                "- current_setting('superuser_reserved_connections')::int AS usable, "
-                "(SELECT count(*) FROM pg_stat_activity "
-                " WHERE backend_type = 'client backend') AS used"
-            )
-        finally:
-            await conn.close()
-        assert row is not None
-        free = int(row["usable"]) - int(row["used"]) + 1  # our probe is about to go
+            conn = await asyncpg.connect(database_url)
+        except asyncpg.TooManyConnectionsError:
+            free = 0  # not even room for the probe
+        else:
+            try:
+                row = await conn.fetchrow(
+                    "SELECT current_setting('max_connections')::int "
+                    "- current_setting('superuser_reserved_connections')::int AS usable, "
+                    "(SELECT count(*) FROM pg_stat_activity "
+                    " WHERE backend_type = 'client backend') AS used"
+                )
+            finally:
+                await conn.close()
+            assert row is not None
+            free = int(row["usable"]) - int(row["used"]) + 1  # our probe is about to go
         if free >= needed:
             return {"needed": needed, "free": free, "waited_s": round(waited, 1)}
         if time.monotonic() > deadline:

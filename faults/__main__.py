@@ -38,11 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.env import check_local, fresh_database, run_guarded
+from bench.env import check_local, fresh_database, run_guarded, wait_for_headroom
 from faults.checker import check, settle
 from faults.cluster import Timing, cluster
 from faults.history import OK, History
-from faults.nemesis import Nemesis, plan
+from faults.nemesis import Nemesis, SpinWatch, plan
 from faults.report import summary
 from faults.workload import Workload, seed_catalogue
 
@@ -101,6 +101,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     progress(f"seed {seed}, run {run_id}, logs in {workdir}")
+    # Three service processes with their pools, and the suite's own connections.
+    doc["waited_for_connections"] = await wait_for_headroom(
+        server_url, 3 * timing.db_pool_max + 4, 120.0
+    )
     async with (
         fresh_database(server_url, f"stockguard_faults_{run_id}", progress) as database_url,
         cluster(database_url, admin_key, workdir, timing) as c,
@@ -111,22 +115,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         urls = [a.base_url for a in c.apis if a.base_url is not None]
         workload = Workload(urls, admin_key, seed, run_id, history, timing.abandon_after_seconds)
         nemesis = Nemesis(c, workload.t0)
+        watch = SpinWatch([*c.apis, c.worker])
         schedule = plan(seed, args.duration, len(c.apis))
         stop = asyncio.Event()
         progress(f"workload and {len(schedule)} faults for {args.duration:.0f} s")
         try:
             clients = asyncio.create_task(workload.run(args.clients, stop))
             faults = asyncio.create_task(nemesis.run(schedule, stop))
+            watching = asyncio.create_task(watch.run(stop, workload.t0))
             await asyncio.sleep(args.duration)
             stop.set()
             await faults
             await clients
+            await watching
         finally:
             await workload.aclose()
         workload_s = workload.now()
         await nemesis.final_check()
         progress(f"{len(history.ops)} operations, {len(nemesis.faults)} faults; settling")
-        violations = list(nemesis.violations)
+        violations = [*nemesis.violations, *watch.violations()]
+        doc["busiest_cpu_share"] = watch.busiest
         settle_violations, doc["settle"] = await settle(
             c, timing.abandon_after_seconds, SETTLE_PATIENCE_S
         )

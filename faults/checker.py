@@ -32,11 +32,10 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-import asyncpg
 import httpx
 
 from bench.driver import cpu_seconds
-from faults.cluster import Cluster
+from faults.cluster import Cluster, connect
 from faults.history import AMBIGUOUS, OK, REFUSED, History, Op
 from faults.workload import SEED_REFERENCE, SKUS
 
@@ -76,7 +75,7 @@ async def settle(
     t0 = time.monotonic()
     seen: dict[str, Any] = {}
     violations: list[dict[str, Any]] = []
-    conn = await asyncpg.connect(cluster.database_url)
+    conn = await connect(cluster.database_url)
     try:
         while True:
             row = await conn.fetchrow(_UNSETTLED_SQL, float(abandon_after_s))
@@ -158,7 +157,7 @@ async def snapshot(database_url: str) -> Snapshot:
         "logs": "SELECT id, order_id, action, actor FROM order_inventory_logs ORDER BY id",
         "levels": "SELECT sku, location, on_hand, reserved FROM inventory_levels",
     }
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             return {

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from bench.http_server import free_port, service_env, tail
@@ -35,10 +36,24 @@ __all__ = [
     "Process",
     "Timing",
     "cluster",
+    "connect",
 ]
 
 STRIPE_SECRET = "whsec_faults_stripe_secret"
 RAZORPAY_SECRET = "faults_razorpay_secret"
+
+
+async def connect(database_url: str, patience: float = 30.0) -> asyncpg.Connection:
+    """A connection of the suite's own; waits while the shared server is full (other test
+    runs may hold most of its connections for a while)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await asyncpg.connect(database_url)
+        except asyncpg.TooManyConnectionsError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Liveness: when a fault ends (the process restarted, Redis continued...), every A
 process must answer ``/readyz`` 200 and a real request (``GET /v1/skus/{sku}``) within
 :data:`LIVENESS_S`; the time that took is the fault's recovery time. A miss is a
 violation; the nemesis then heals the stuck process (``kill -9`` and a restart) so the
-rest of the run still means something. A process that exits by itself is a violation too.
+rest of the run still means something. A process that exits by itself is a violation too,
+and so is one that keeps a CPU busy for seconds on end (:class:`SpinWatch`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import asyncpg
 import httpx
 
-from faults.cluster import Cluster, Process
+from bench.driver import cpu_seconds
+from faults.cluster import Cluster, Process, connect
 from faults.workload import SKUS
 
-__all__ = ["FAULT_KINDS", "LIVENESS_S", "Fault", "Nemesis", "Planned", "plan"]
+__all__ = ["FAULT_KINDS", "LIVENESS_S", "Fault", "Nemesis", "Planned", "SpinWatch", "plan"]
 
 FAULT_KINDS = ("kill_api", "kill_worker", "pg_terminate", "redis_restart", "redis_freeze")
 TARGETS = {"kill_worker": "worker", "pg_terminate": "postgres", "redis_restart": "redis",
@@ -78,6 +79,47 @@ def plan(seed: int, duration: float, api_count: int) -> list[Planned]:
         at = FIRST_FAULT_S + i * slot + rng.uniform(0, slot / 3)
         out.append(Planned(round(at, 2), kind, rng.randrange(api_count), round(hold, 2)))
     return out
+
+
+class SpinWatch:
+    """Samples each service process's CPU time every second of the run. A process that
+    used more than SPIN_SHARE of a CPU over SPIN_WINDOW_S straight is busy-looping:
+    this workload keeps no process that busy (a restarted process starts a new window)."""
+
+    SPIN_WINDOW_S = 5
+    SPIN_SHARE = 0.8
+
+    def __init__(self, procs: list[Process]) -> None:
+        self.procs = procs
+        self.samples: dict[str, list[tuple[int, float]]] = {p.name: [] for p in procs}
+        self.busiest: dict[str, float] = dict.fromkeys(self.samples, 0.0)
+        self.spins: list[dict[str, Any]] = []
+
+    async def run(self, stop: asyncio.Event, t0: float) -> None:
+        while not stop.is_set():
+            for p in self.procs:
+                if p.exited() is not None:
+                    continue
+                window = self.samples[p.name]
+                window.append((p.pid, cpu_seconds(p.pid)))
+                del window[: -self.SPIN_WINDOW_S - 1]
+                if len(window) > self.SPIN_WINDOW_S and window[0][0] == window[-1][0]:
+                    share = (window[-1][1] - window[0][1]) / self.SPIN_WINDOW_S
+                    self.busiest[p.name] = max(self.busiest[p.name], round(share, 3))
+                    if share > self.SPIN_SHARE:
+                        at = round(time.monotonic() - t0, 1)
+                        spin = {"process": p.name, "at_s": at, "cpu_share": round(share, 3)}
+                        self.spins.append(spin)
+                        window.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    def violations(self) -> list[dict[str, Any]]:
+        return [
+            {"check": "busy_loop", **spin,
+             "detail": f"used {spin['cpu_share']:.0%} of a CPU for {self.SPIN_WINDOW_S} s"}
+            for spin in self.spins
+        ]  # fmt: skip
 
 
 class Nemesis:
@@ -135,7 +177,7 @@ class Nemesis:
         proc.start()
 
     async def _terminate_backends(self) -> int:
-        conn = await asyncpg.connect(self.cluster.database_url)
+        conn = await connect(self.cluster.database_url)
         try:
             n: int = await conn.fetchval(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
