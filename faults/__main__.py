@@ -119,16 +119,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         schedule = plan(seed, args.duration, len(c.apis))
         stop = asyncio.Event()
         progress(f"workload and {len(schedule)} faults for {args.duration:.0f} s")
+        clients = asyncio.create_task(workload.run(args.clients, stop))
+        faults = asyncio.create_task(nemesis.run(schedule, stop))
+        watching = asyncio.create_task(watch.run(stop, workload.t0))
         try:
-            clients = asyncio.create_task(workload.run(args.clients, stop))
-            faults = asyncio.create_task(nemesis.run(schedule, stop))
-            watching = asyncio.create_task(watch.run(stop, workload.t0))
             await asyncio.sleep(args.duration)
             stop.set()
             await faults
             await clients
             await watching
         finally:
+            # After a failure too: no task may outlive the run (or its HTTP client).
+            stop.set()
+            for task in (clients, faults, watching):
+                task.cancel()
+            await asyncio.gather(clients, faults, watching, return_exceptions=True)
             await workload.aclose()
         workload_s = workload.now()
         await nemesis.final_check()
