@@ -45,6 +45,7 @@ from faults.history import OK, History
 from faults.nemesis import Nemesis, SpinWatch, plan
 from faults.report import summary
 from faults.workload import Workload, seed_catalogue
+from stockguard.logging import configure_logging
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -181,6 +182,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # stockguard's own logs (embedded Redis starts) would mix with the summary on stdout.
+    configure_logging("WARNING", json=True)
     started = time.monotonic()
     doc = run_guarded(lambda: asyncio.run(run(args)), progress, "the fault run")
     if doc is None:
