@@ -48,6 +48,7 @@ from bench.env import (
     loadavg,
     machine_info,
     progress,
+    run_guarded,
     wait_for_headroom,
 )
 from bench.pgbench import pgbench_hot_row
@@ -312,19 +313,10 @@ def main(argv: list[str]) -> int:
     # Logs go to stderr (stdout carries only the JSON document).
     configure_logging("WARNING", json=True)
     name, runner = _loop_runner()
-    try:
-        doc, code = runner(run(args, name))
-    except KeyboardInterrupt:
-        progress("interrupted")
+    done = run_guarded(lambda: runner(run(args, name)), progress, "benchmark")
+    if done is None:
         return 2
-    except SystemExit:
-        raise
-    except Exception as exc:
-        progress(f"benchmark failed: {type(exc).__name__}: {exc}")
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-        return 2
+    doc, code = done
     text = json.dumps(doc, indent=2, default=str)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

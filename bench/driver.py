@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OK", "OUT_OF_STOCK", "CpuSample", "Op", "drive", "percentile", "summarise"]
+__all__ = [
+    "OK",
+    "OUT_OF_STOCK",
+    "CpuSample",
+    "Op",
+    "cpu_seconds",
+    "drive",
+    "percentile",
+    "summarise",
+]
 
 Op = Callable[[], Awaitable[dict[str, int]]]
 OK: dict[str, int] = {"ok": 1}
@@ -99,6 +108,11 @@ def _pid_ticks(pid: int) -> int:
         return 0
     fields = raw[raw.rfind(")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far; 0 when it is gone."""
+    return _pid_ticks(pid) / _CLK_TCK
 
 
 @dataclass

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+import traceback
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
@@ -29,14 +30,40 @@ import redis.asyncio as aioredis
 from stockguard.embedded import EmbeddedRedis, start_postgres, start_redis
 from stockguard.store.migrate import upgrade_async
 
-__all__ = ["BenchEnv", "bench_env", "loadavg", "machine_info", "progress", "wait_for_headroom"]
+__all__ = [
+    "BenchEnv",
+    "bench_env",
+    "check_local",
+    "fresh_database",
+    "loadavg",
+    "machine_info",
+    "progress",
+    "run_guarded",
+    "wait_for_headroom",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
 
+T = TypeVar("T")
+
+
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_guarded(main: Callable[[], T], say: Callable[[str], None], what: str) -> T | None:
+    """``main()``; None once an interrupt or a failure has been reported (with its
+    traceback on stderr): the caller exits 2, the run could not be made."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        say("interrupted")
+    except Exception as exc:
+        say(f"{what} failed: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+    return None
 
 
 @dataclass
@@ -84,7 +111,6 @@ async def bench_env(run_id: str) -> AsyncIterator[BenchEnv]:
     embedded_pg = not server_url
     embedded_redis = not redis_url
     name = f"stockguard_bench_{run_id}"
-    created = False
     try:
         if embedded_pg:
             progress("STOCKGUARD_DATABASE_URL unset: starting embedded PostgreSQL")
@@ -95,37 +121,23 @@ async def bench_env(run_id: str) -> AsyncIterator[BenchEnv]:
             emb = await asyncio.to_thread(start_redis, workdir / "redis")
             handles.append(emb)
             redis_url = emb.url
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            created = True
-        finally:
-            await conn.close()
-        database_url = _with_database(server_url, name)
-        progress(f"database {name}: applying migrations")
-        await upgrade_async(database_url)
-        yield BenchEnv(
-            server_url=server_url,
-            database_url=database_url,
-            redis_url=redis_url,
-            redis_prefix=f"sgbench:{run_id}:",
-            database_name=name,
-            embedded_postgres=embedded_pg,
-            embedded_redis=embedded_redis,
-            workdir=workdir,
-            handles=handles,
-        )
+        async with fresh_database(server_url, name, progress) as database_url:
+            yield BenchEnv(
+                server_url=server_url,
+                database_url=database_url,
+                redis_url=redis_url,
+                redis_prefix=f"sgbench:{run_id}:",
+                database_name=name,
+                embedded_postgres=embedded_pg,
+                embedded_redis=embedded_redis,
+                workdir=workdir,
+                handles=handles,
+            )
     finally:
         if redis_url:
             with contextlib.suppress(Exception):
                 removed = await _delete_prefix(redis_url, f"sgbench:{run_id}:")
                 progress(f"removed {removed} Redis keys with prefix sgbench:{run_id}:")
-        if created:
-            try:
-                await _drop_database(server_url, name)
-                progress(f"dropped database {name}")
-            except Exception as exc:
-                progress(f"could not drop database {name}: {exc!r}")
         for h in handles:
             with contextlib.suppress(Exception):
                 if isinstance(h, EmbeddedRedis):
@@ -150,6 +162,30 @@ async def _delete_prefix(redis_url: str, prefix: str) -> int:
     finally:
         await client.aclose()
     return removed
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(
+    server_url: str, name: str, say: Callable[[str], None]
+) -> AsyncIterator[str]:
+    """Create database ``name`` on the server of ``server_url``, apply the migrations,
+    yield its URL; drop it at the end (its sessions are terminated first)."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        database_url = _with_database(server_url, name)
+        say(f"database {name}: applying migrations")
+        await upgrade_async(database_url)
+        yield database_url
+    finally:
+        try:
+            await _drop_database(server_url, name)
+            say(f"dropped database {name}")
+        except Exception as exc:
+            say(f"could not drop database {name}: {exc!r}")
 
 
 async def _drop_database(server_url: str, name: str) -> None:
@@ -251,18 +287,22 @@ async def wait_for_headroom(database_url: str, needed: int, patience: float) -> 
     deadline = time.monotonic() + patience
     waited = 0.0
     while True:
-        conn = await asyncpg.connect(database_url)
         try:
-            row = await conn.fetchrow(
-                "SELECT current_setting('max_connections')::int "
-                "- current_setting('superuser_reserved_connections')::int AS usable, "
-                "(SELECT count(*) FROM pg_stat_activity "
-                " WHERE backend_type = 'client backend') AS used"
-            )
-        finally:
-            await conn.close()
-        assert row is not None
-        free = int(row["usable"]) - int(row["used"]) + 1  # our probe is about to go
+            conn = await asyncpg.connect(database_url)
+        except asyncpg.TooManyConnectionsError:
+            free = 0  # not even room for the probe
+        else:
+            try:
+                row = await conn.fetchrow(
+                    "SELECT current_setting('max_connections')::int "
+                    "- current_setting('superuser_reserved_connections')::int AS usable, "
+                    "(SELECT count(*) FROM pg_stat_activity "
+                    " WHERE backend_type = 'client backend') AS used"
+                )
+            finally:
+                await conn.close()
+            assert row is not None
+            free = int(row["usable"]) - int(row["used"]) + 1  # our probe is about to go
         if free >= needed:
             return {"needed": needed, "free": free, "waited_s": round(waited, 1)}
         if time.monotonic() > deadline:

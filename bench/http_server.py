@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["HttpServer", "http_server"]
+__all__ = ["HttpServer", "free_port", "http_server", "service_env", "tail"]
 
 
 @dataclass
@@ -24,14 +24,22 @@ class HttpServer:
     pool_max: int
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def service_env(**settings: object) -> dict[str, str]:
+    """This process's environment without its ``STOCKGUARD_*`` variables, plus
+    ``settings`` (names of :class:`stockguard.config.Settings`) as ``STOCKGUARD_<NAME>``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
+    env.update({f"STOCKGUARD_{name.upper()}": str(v) for name, v in settings.items()})
+    return env
+
+
+def tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -51,19 +59,18 @@ async def http_server(
     """Start ``uvicorn --factory stockguard.api.app:create_app`` with settings from the
     environment (the bench database, prefix and bootstrap admin key; no worker loops),
     wait for ``/readyz``, stop it at the end."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKGUARD_")}
-    env.update(
-        STOCKGUARD_DATABASE_URL=database_url,
-        STOCKGUARD_REDIS_URL=redis_url,
-        STOCKGUARD_REDIS_PREFIX=redis_prefix,
-        STOCKGUARD_BOOTSTRAP_ADMIN_KEY=admin_key,
-        STOCKGUARD_RUN_WORKERS="false",
-        STOCKGUARD_CACHE_MODE="strict",
-        STOCKGUARD_DB_POOL_MIN=str(min(8, pool_max)),
-        STOCKGUARD_DB_POOL_MAX=str(pool_max),
-        STOCKGUARD_LOG_LEVEL="WARNING",
-        STOCKGUARD_DATA_DIR=str(workdir / "server-data"),
+    port = free_port()
+    env = service_env(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        bootstrap_admin_key=admin_key,
+        run_workers="false",
+        cache_mode="strict",
+        db_pool_min=min(8, pool_max),
+        db_pool_max=pool_max,
+        log_level="WARNING",
+        data_dir=workdir / "server-data",
     )
     log_path = workdir / "uvicorn.log"
     args = [
@@ -80,9 +87,9 @@ async def http_server(
         async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
             while True:
                 if proc.returncode is not None:
-                    raise RuntimeError(f"uvicorn exited:\n{_tail(log_path)}")
+                    raise RuntimeError(f"uvicorn exited:\n{tail(log_path)}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn did not become ready:\n{_tail(log_path)}")
+                    raise RuntimeError(f"uvicorn did not become ready:\n{tail(log_path)}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get("/readyz")).status_code == 200:
                         break

@@ -1,0 +1,1 @@
+"""stockguard fault injection: ``python -m faults --help`` (docs/FAULTS.md)."""

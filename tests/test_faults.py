@@ -1,0 +1,248 @@
+"""The fault-injection suite (``python -m faults``, docs/FAULTS.md).
+
+- Its checker, on a small hand-made history and database: silent when they agree, and
+  each check fires on the one defect it is for (a checker that cannot fail proves nothing).
+- One bounded run (35 s of workload under faults, about a minute of wall time) against
+  the test session's PostgreSQL server: it must find no violation, and it must have done
+  something: every fault kind injected and every operation kind acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from faults.checker import Row, Snapshot, check_history
+from faults.history import AMBIGUOUS, OK, OP_KINDS, REFUSED, History, Op
+from faults.nemesis import FAULT_KINDS, plan
+from faults.workload import INITIAL_ON_HAND, LOCATIONS, SEED_REFERENCE, SKUS
+from tests.conftest import Servers
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = int(os.environ.get("STOCKGUARD_FAULTS_SEED", "7"))
+
+
+def test_schedule_is_seeded_and_injects_every_kind_early() -> None:
+    first, again, other = plan(3, 40, 2), plan(3, 40, 2), plan(4, 40, 2)
+    assert first == again
+    assert first != other
+    kinds = [p.kind for p in first]
+    assert sorted(kinds[: len(FAULT_KINDS)]) == sorted(FAULT_KINDS)
+    assert all(kinds.count(k) >= 2 for k in FAULT_KINDS)
+    times = [p.at for p in first]
+    assert times == sorted(times)
+    assert times[0] >= 2.0
+    assert times[-1] < 40
+    assert all(1.0 <= p.hold <= 3.0 for p in first if p.kind == "redis_freeze")
+
+
+# ------------------------------------------------------------ the checker
+
+
+def _move(sku: str, loc: str, on_hand: int, reserved: int, reason: str, **more: object) -> Row:
+    return {"sku": sku, "location": loc, "on_hand_delta": on_hand, "reserved_delta": reserved,
+            "reason": reason, "order_id": None, "reservation_id": None, "actor": "key:x",
+            "reference": None, **more}  # fmt: skip
+
+
+def _said(outcome: str, op_id: str, kind: str, target: str, **detail: object) -> Op:
+    return Op(op_id, kind, 0, target, 0.0, outcome=outcome, detail=detail)
+
+
+def _world() -> tuple[Snapshot, History]:
+    """A consistent story: order A placed, paid by webhook, shipped; order B placed, its
+    hold expired, paid late (reserved again), then cancelled by an ambiguous request;
+    adjustments acknowledged, ambiguous (applied or not) and refused."""
+    moves = [
+        _move(sku, loc, INITIAL_ON_HAND, 0, "received", reference=SEED_REFERENCE)
+        for sku in SKUS
+        for loc in LOCATIONS
+    ]
+    moves += [
+        _move("FLT-A", "wh-1", 0, 2, "reserve", order_id="A", reservation_id=1),
+        _move("FLT-A", "wh-1", -2, -2, "fulfil", order_id="A", reservation_id=1),
+        _move("FLT-B", "wh-1", 0, 1, "reserve", order_id="B", reservation_id=2),
+        _move("FLT-B", "wh-1", 0, -1, "expire", order_id="B", reservation_id=2, actor="w"),
+        _move("FLT-B", "wh-2", 0, 1, "reserve", order_id="B", reservation_id=3),
+        _move("FLT-B", "wh-2", 0, -1, "release", order_id="B", reservation_id=3),
+        _move("FLT-C", "wh-2", 5, 0, "received", reference="adj-ok"),
+        _move("FLT-D", "wh-1", -2, 0, "shrinkage", reference="adj-maybe-applied"),
+    ]
+    db: Snapshot = {
+        "orders": [
+            {"id": "A", "status": "shipped", "payment_provider": "stripe", "payment_id": "pi_A",
+             "deleted_at": None, "cancel_reason": None},
+            {"id": "B", "status": "cancelled", "payment_provider": "manual",
+             "payment_id": "man_B", "deleted_at": None, "cancel_reason": "faults"},
+        ],
+        "lines": [{"order_id": "A", "sku": "FLT-A", "quantity": 2},
+                  {"order_id": "B", "sku": "FLT-B", "quantity": 1}],
+        "reservations": [
+            {"id": 1, "order_id": "A", "sku": "FLT-A", "location": "wh-1", "quantity": 2,
+             "status": "fulfilled"},
+            {"id": 2, "order_id": "B", "sku": "FLT-B", "location": "wh-1", "quantity": 1,
+             "status": "expired"},
+            {"id": 3, "order_id": "B", "sku": "FLT-B", "location": "wh-2", "quantity": 1,
+             "status": "released"},
+        ],
+        "movements": moves,
+        "logs": [{"id": i, "order_id": o, "action": a, "actor": "key:x"} for i, (o, a) in
+                 enumerate([("A", "RESERVED"), ("B", "RESERVED"), ("B", "EXPIRED"),
+                            ("A", "COMMITTED"), ("B", "RESERVED"), ("B", "COMMITTED"),
+                            ("A", "FULFILLED"), ("B", "RELEASED")])],
+        "levels": [],
+    }  # fmt: skip
+    _level_from_ledger(db)
+    line_a, line_b = {"sku": "FLT-A", "quantity": 2}, {"sku": "FLT-B", "quantity": 1}
+    ops = [
+        _said(OK, "p-A", "place", "A", lines=[line_a]),
+        _said(OK, "p-B", "place", "B", lines=[line_b]),
+        _said(OK, "pay-A", "pay", "A", via="webhook", provider="stripe", payment_id="pi_A"),
+        _said(OK, "pay-B", "pay", "B", via="api", provider="manual", payment_id="man_B"),
+        _said(OK, "pr-A", "process", "A"),
+        _said(OK, "sh-A", "ship", "A"),
+        _said(AMBIGUOUS, "c-B", "cancel", "B"),
+        _said(REFUSED, "c-A", "cancel", "A"),
+        _said(OK, "adj-ok", "adjust", "FLT-C", location="wh-2", delta=5),
+        _said(AMBIGUOUS, "adj-maybe-applied", "adjust", "FLT-D", location="wh-1", delta=-2),
+        _said(AMBIGUOUS, "adj-maybe-not", "adjust", "FLT-C", location="wh-1", delta=3),
+        _said(REFUSED, "adj-no", "adjust", "FLT-D", location="wh-2", delta=-99),
+    ]
+    return db, History(ops)
+
+
+def _level_from_ledger(db: Snapshot) -> None:
+    sums: dict[tuple[str, str], list[int]] = {(s, loc): [0, 0] for s in SKUS for loc in LOCATIONS}
+    for m in db["movements"]:
+        sums[(m["sku"], m["location"])][0] += m["on_hand_delta"]
+        sums[(m["sku"], m["location"])][1] += m["reserved_delta"]
+    db["levels"] = [{"sku": s, "location": loc, "on_hand": oh, "reserved": r}
+                    for (s, loc), (oh, r) in sums.items()]  # fmt: skip
+
+
+INITIAL = {sku: INITIAL_ON_HAND * len(LOCATIONS) for sku in SKUS}
+
+
+def test_checker_is_silent_when_history_and_database_agree() -> None:
+    db, history = _world()
+    assert check_history(db, history, INITIAL) == []
+
+
+def _op(history: History, op_id: str) -> Op:
+    return next(o for o in history.ops if o.id == op_id)
+
+
+def _order(db: Snapshot, oid: str) -> Row:
+    return next(r for r in db["orders"] if r["id"] == oid)
+
+
+def _twice(db: Snapshot, h: History) -> None:
+    db["movements"].append(_move("FLT-C", "wh-2", 5, 0, "received", reference="adj-ok"))
+    _level_from_ledger(db)
+
+
+def _lost_unit(db: Snapshot, h: History) -> None:
+    db["levels"][0]["on_hand"] -= 1
+
+
+def _unasked_release(db: Snapshot, h: History) -> None:
+    h.ops.remove(_op(h, "c-B"))
+
+
+def _abandoned(db: Snapshot, h: History) -> None:
+    _order(db, "B")["cancel_reason"] = "abandoned"
+
+
+def _expired_after_commit(db: Snapshot, h: History) -> None:
+    db["logs"].append({"id": 99, "order_id": "A", "action": "EXPIRED", "actor": "system:x"})
+
+
+def _restored_twice(db: Snapshot, h: History) -> None:
+    db["movements"].append(_move("FLT-B", "wh-2", 0, -1, "release", order_id="B",
+                                 reservation_id=3))  # fmt: skip
+
+
+def _cancel_lost(db: Snapshot, h: History) -> None:
+    _op(h, "c-A").outcome = OK
+
+
+def _payment_lost(db: Snapshot, h: History) -> None:
+    _order(db, "A")["payment_id"] = "pi_other"
+
+
+def _order_missing(db: Snapshot, h: History) -> None:
+    h.ops.append(Op("p-C", "place", 0, "C", 9, outcome=OK, detail={"lines": []}))
+
+
+def _phantom_order(db: Snapshot, h: History) -> None:
+    h.ops.remove(_op(h, "p-B"))
+
+
+def _shipped_unasked(db: Snapshot, h: History) -> None:
+    h.ops.remove(_op(h, "sh-A"))
+
+
+def _refused_applied(db: Snapshot, h: History) -> None:
+    _op(h, "adj-ok").outcome = REFUSED
+
+
+def _acknowledged_missing(db: Snapshot, h: History) -> None:
+    _op(h, "adj-maybe-not").outcome = OK
+
+
+@pytest.mark.parametrize(
+    ("defect", "check"),
+    [
+        (_twice, "adjustment_applied_twice"),
+        (_lost_unit, "stock_conserved"),
+        (_lost_unit, "ledger_sums_equal_levels"),
+        (_unasked_release, "paid_order_released_unasked"),
+        (_abandoned, "paid_order_abandoned"),
+        (_expired_after_commit, "paid_order_expired"),
+        (_restored_twice, "restored_at_most_once"),
+        (_cancel_lost, "acknowledged_cancel_lost"),
+        (_payment_lost, "acknowledged_payment_lost"),
+        (_order_missing, "acknowledged_order_missing"),
+        (_phantom_order, "order_without_request"),
+        (_shipped_unasked, "fulfilled_without_ship"),
+        (_refused_applied, "refused_adjustment_applied"),
+        (_acknowledged_missing, "acknowledged_adjustment_missing"),
+    ],
+)
+def test_checker_finds_each_defect(defect: Callable[[Snapshot, History], None], check: str) -> None:
+    db, history = _world()
+    defect(db, history)
+    found = Counter(v["check"] for v in check_history(db, history, INITIAL))
+    assert found[check] >= 1, found
+
+
+# ------------------------------------------------------------ a short run
+
+
+@pytest.mark.faults
+def test_short_fault_run_finds_no_violation(servers: Servers, tmp_path: Path) -> None:
+    out = tmp_path / "faults.json"
+    env = dict(os.environ, STOCKGUARD_DATABASE_URL=servers.admin_url)
+    args = [sys.executable, "-m", "faults", "--seed", str(SEED), "--duration", "35",
+            "--clients", "6", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+
+    faults = doc["faults"]["by_kind"]
+    assert {k for k, f in faults.items() if f["injected"] >= 1} == set(FAULT_KINDS), faults
+    acked = doc["operations"]["by_kind"]
+    assert {k for k, c in acked.items() if c[OK] >= 1} == set(OP_KINDS), acked
+    assert doc["operations"]["total"] >= 200, doc["throughput"]
+
+    assert doc["violations"] == [], f"seed {SEED}:\n{done.stdout}"
+    assert doc["ok"] is True
+    assert done.returncode == 0
+    assert all(f["recover_s_max"] is not None for f in faults.values()), faults
