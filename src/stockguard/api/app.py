@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from stockguard import __version__
 from stockguard.api import recovery, webhooks
+from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency
 from stockguard.api.problems import install_handlers
 from stockguard.api.routes import router
@@ -64,6 +65,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
 
     app.add_middleware(Idempotency, pool=pool)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit)  # outermost: a huge head is refused before anything
     return app
 
 
