@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from pydantic import SecretStr
 
+from stockguard import strictjson
 from stockguard.api import recovery, webhooks
 from stockguard.api.app import build_app
 from stockguard.api.headers import MAX_HEADER_BYTES, TRANSPORT_BYTES, CappedHttpToolsProtocol
@@ -789,3 +790,27 @@ def test_every_route_parses_json_strictly() -> None:
     routes = [*router.routes, *recovery.router.routes, *webhooks.router.routes]
     assert len(routes) >= 30
     assert [getattr(r, "path", r) for r in routes if not isinstance(r, StrictJSONRoute)] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (b'[["\\ud800"]]', "a string holds a lone UTF-16 surrogate"),
+        (b'{"\\udfff": 1}', "a string holds a lone UTF-16 surrogate"),
+        (b'[{"a": 1}, {"b": 1, "b": 2}]', "duplicate key 'b'"),
+        (
+            b"{" + b",".join(b'"%d": 0' % n for n in range(257)) + b"}",
+            "an object has more than 256 keys",
+        ),
+    ],
+)
+def test_strictjson_refuses_what_no_request_needs(text: bytes, why: str) -> None:
+    with pytest.raises(strictjson.RefusedJSON) as refused:
+        strictjson.loads(text)
+    assert refused.value.msg == why
+
+
+def test_strictjson_keeps_what_json_keeps() -> None:
+    text = b'{"a": ["\\\\ud800", "\\ud83d\\ude00", {"b": null}], "c": 1.5}'
+    assert strictjson.loads(text) == {"a": ["\\ud800", "\U0001f600", {"b": None}], "c": 1.5}
+    assert strictjson.loads(b"{" + b",".join(b'"%d": 0' % n for n in range(256)) + b"}")
