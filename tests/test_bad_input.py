@@ -814,3 +814,21 @@ def test_strictjson_keeps_what_json_keeps() -> None:
     text = b'{"a": ["\\\\ud800", "\\ud83d\\ude00", {"b": null}], "c": 1.5}'
     assert strictjson.loads(text) == {"a": ["\\ud800", "\U0001f600", {"b": None}], "c": 1.5}
     assert strictjson.loads(b"{" + b",".join(b'"%d": 0' % n for n in range(256)) + b"}")
+
+
+@pytest.mark.parametrize(
+    ("target", "detail"),
+    [
+        ("/v1/skus/..", "sku: must be 1 to 64 characters of A-Z a-z 0-9 . _ : -, not only dots"),
+        (
+            "/v1/orders/%00",
+            "order_id: must be 1 to 64 characters of A-Z a-z 0-9 . _ : -, not only dots",
+        ),
+        ("/v1/channels/A", "code: must be 1 to 64 characters of a-z 0-9 . _ -, not only dots"),
+    ],
+)
+async def test_a_refused_path_says_what_it_takes(
+    address: tuple[str, int], api_keys: Keys, target: str, detail: str
+) -> None:
+    answer = await send_one(address, raw_request("GET", target, auth=api_keys.admin))
+    assert assert_problem(answer, 422, "validation_error")["detail"] == detail

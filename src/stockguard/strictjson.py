@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from typing import Any
 
 __all__ = ["MAX_KEYS", "RefusedJSON", "loads"]
@@ -31,12 +32,10 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(pairs) > MAX_KEYS:
         raise RefusedJSON(f"an object has more than {MAX_KEYS} keys")
     obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise RefusedJSON(f"duplicate key {key[:64]!r}")
-            seen.add(key)
+    if len(obj) != len(pairs):  # json.loads would let the last one win
+        counts = Counter(key for key, _ in pairs)
+        key = next(key for key, n in counts.items() if n > 1)
+        raise RefusedJSON(f"duplicate key {key[:64]!r}")
     return obj
 
 

@@ -51,9 +51,14 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 After = Annotated[str | None, Query(max_length=500)]
 
 
+_CHARS = {SKU_PATTERN: "A-Z a-z 0-9 . _ : -", CODE_PATTERN: "a-z 0-9 . _ -"}
+
+
 def _path(value: str, pattern: str, what: str) -> str:
     if len(value) > MAX_CODE or not re.fullmatch(pattern, value):
-        raise ValidationFailed(f"{what}: must be 1 to {MAX_CODE} characters matching {pattern}")
+        raise ValidationFailed(
+            f"{what}: must be 1 to {MAX_CODE} characters of {_CHARS[pattern]}, not only dots"
+        )
     return value
 
 

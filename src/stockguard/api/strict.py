@@ -20,9 +20,7 @@ __all__ = ["StrictJSONRequest", "StrictJSONRoute"]
 
 class StrictJSONRequest(Request):
     async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = strictjson.loads(await self.body())
-        return self._json
+        return strictjson.loads(await self.body())  # FastAPI asks once; body() is cached
 
 
 class StrictJSONRoute(APIRoute):
