@@ -832,3 +832,14 @@ async def test_a_refused_path_says_what_it_takes(
 ) -> None:
     answer = await send_one(address, raw_request("GET", target, auth=api_keys.admin))
     assert assert_problem(answer, 422, "validation_error")["detail"] == detail
+
+
+async def test_a_head_sent_in_pieces_under_the_limit_is_served(address: tuple[str, int]) -> None:
+    async with connect(address) as conn:
+        conn.writer.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-part: " + b"p" * 1000)
+        await conn.writer.drain()
+        with pytest.raises(TimeoutError):  # the server read the piece and waits for the rest
+            await asyncio.wait_for(conn.reader.read(1), 0.2)
+        answer = await conn.send(b"\r\n\r\n")
+        assert (answer.status, answer.json()) == (200, {"ok": True})
+        await conn.still_alive()
