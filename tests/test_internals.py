@@ -124,14 +124,14 @@ def test_stripe_without_a_secret_or_with_a_non_json_body_is_refused() -> None:
 
 def test_razorpay_without_a_secret_or_with_a_non_json_body_is_refused() -> None:
     with pytest.raises(InvalidSignature, match="no Razorpay webhook secret"):
-        parse_razorpay(b"{}", "sig", "e", None)
+        parse_razorpay(b"{}", "sig", None)
     body = b"\xff\xfe not utf-8"
     with pytest.raises(InvalidSignature, match="not a Razorpay event"):
-        parse_razorpay(body, "00", "e", "s")
+        parse_razorpay(body, "00", "s")
     body = b"[1, 2"
     mac = hmac.new(b"s", body, hashlib.sha256).hexdigest()
     with pytest.raises(InvalidSignature, match="not a Razorpay event"):
-        parse_razorpay(body, mac, "e", "s")
+        parse_razorpay(body, mac, "s")
 
 
 def test_stripe_event_fields_of_the_wrong_type_are_treated_as_missing() -> None:

@@ -136,6 +136,8 @@ def serve(
                 host=host,
                 port=port,
                 workers=workers,
+                # httptools, with a cap on the request head (uvicorn's own has none)
+                http="stockguard.api.headers:CappedHttpToolsProtocol",
                 log_level=settings.log_level.lower(),
                 access_log=False,
             )

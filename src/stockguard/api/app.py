@@ -12,6 +12,7 @@ from starlette.responses import Response
 from stockguard import __version__
 from stockguard.api import recovery, webhooks
 from stockguard.api.auth import ADMIN, SERVICE, Authentication
+from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.problems import install_handlers
 from stockguard.api.routes import admin_role, router, service_role
@@ -79,6 +80,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         pool=pool,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit)  # outermost: a huge head is refused before anything
     return app
 
 

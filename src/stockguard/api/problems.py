@@ -63,12 +63,21 @@ def from_error(exc: StockguardError) -> Response:
     return problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+MAX_ERRORS = 20  # a body of 100,000 bad fields must not answer with 100,000 errors
+
+
+def _validation_errors(exc: RequestValidationError) -> tuple[list[dict[str, Any]], int]:
+    """The first ``MAX_ERRORS`` errors, and how many there are."""
+    errors = exc.errors()
     out = []
-    for err in exc.errors():
+    for err in errors[:MAX_ERRORS]:
+        if err.get("type") == "json_invalid":  # FastAPI's loc is a character offset
+            why = (err.get("ctx") or {}).get("error") or err.get("msg", "")
+            out.append({"loc": ["body"], "msg": str(why), "type": "json_invalid"})
+            continue
         loc = [str(p) for p in err.get("loc", ())]
         out.append({"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
-    return out
+    return out, len(errors)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -90,11 +99,13 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_validation(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = _validation_errors(exc)
+        errors, count = _validation_errors(exc)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(first["loc"])
         detail = f"{where}: {first['msg']}" if where else str(first["msg"])
-        return problem(422, "validation_error", "Invalid request", detail, errors=errors)
+        return problem(
+            422, "validation_error", "Invalid request", detail, errors=errors, error_count=count
+        )
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
 
 from stockguard.api.answers import answered
-from stockguard.api.routes import Admin, After, B, Limit
-from stockguard.api.schemas import decode_cursor, order_json, page
-from stockguard.domain.errors import ValidationFailed
+from stockguard.api.routes import Admin, After, B, Limit, OrderPath, order_cursor
+from stockguard.api.schemas import order_json, page
+from stockguard.api.strict import StrictJSONRoute
 from stockguard.service.recovery import (
     Recovery,
     list_needs_review,
@@ -21,35 +20,25 @@ from stockguard.service.recovery import (
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["admin"])
-
-
-def _after(after: str | None) -> tuple[datetime, str] | None:
-    cursor = decode_cursor(after)
-    if cursor is None:
-        return None
-    try:
-        return datetime.fromisoformat(cursor[0]), str(cursor[1])
-    except (TypeError, ValueError, IndexError, KeyError) as exc:
-        raise ValidationFailed("after: not a cursor this API gave out") from exc
+router = APIRouter(tags=["admin"], route_class=StrictJSONRoute)
 
 
 @router.get("/v1/admin/orders/needs-review")
 async def needs_review(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
-    found = await list_needs_review(b, limit, _after(after))
+    found = await list_needs_review(b, limit, order_cursor(after))
     last = [found[-1].created_at.isoformat(), found[-1].id] if found else None
     return page([order_json(o) for o in found], limit, last)
 
 
 @router.get("/v1/admin/orders/paid-uncommitted")
 async def paid_uncommitted(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
-    found = await list_paid_uncommitted(b, limit, _after(after))
+    found = await list_paid_uncommitted(b, limit, order_cursor(after))
     last = [found[-1].created_at.isoformat(), found[-1].id] if found else None
     return page([order_json(o) for o in found], limit, last)
 
 
 @router.post("/v1/admin/orders/{order_id}/recover-inventory")
-async def recover_inventory(order_id: str, key: Admin, b: B) -> Response:
+async def recover_inventory(key: Admin, order_id: OrderPath, b: B) -> Response:
     def render(result: Recovery | None) -> tuple[int, Any]:
         assert result is not None  # only the worker skips locked orders
         return 200, {

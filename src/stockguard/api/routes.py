@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,6 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from stockguard.api.answers import answered
 from stockguard.api.auth import api_key_of
 from stockguard.api.schemas import (
+    CODE_PATTERN,
+    MAX_CODE,
+    ORDER_ID_PATTERN,
+    SKU_PATTERN,
     AdjustmentIn,
     ApiKeyIn,
     CancelIn,
@@ -31,6 +35,7 @@ from stockguard.api.schemas import (
     page,
     ts,
 )
+from stockguard.api.strict import StrictJSONRoute
 from stockguard.config import CacheMode
 from stockguard.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from stockguard.domain.model import OrderStatus
@@ -44,17 +49,20 @@ from stockguard.store.orders import find_orders
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 Limit = Annotated[int, Query(ge=1, le=500)]
 After = Annotated[str | None, Query(max_length=500)]
-SKU_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-CODE_PATTERN = r"^[a-z0-9._-]{1,64}$"
+
+
+_CHARS = {SKU_PATTERN: "A-Z a-z 0-9 . _ : -", CODE_PATTERN: "a-z 0-9 . _ -"}
 
 
 def _path(value: str, pattern: str, what: str) -> str:
-    if not re.fullmatch(pattern, value):
-        raise ValidationFailed(f"{what}: must match {pattern}")
+    if len(value) > MAX_CODE or not re.fullmatch(pattern, value):
+        raise ValidationFailed(
+            f"{what}: must be 1 to {MAX_CODE} characters of {_CHARS[pattern]}, not only dots"
+        )
     return value
 
 
@@ -79,7 +87,7 @@ def _id_cursor(after: str | None) -> int | None:
     return cursor
 
 
-def _order_cursor(after: str | None) -> tuple[datetime, str] | None:
+def order_cursor(after: str | None) -> tuple[datetime, str] | None:
     """A cursor that names the (created_at, id) of the previous page's last order."""
     cursor = decode_cursor(after)
     if cursor is None:
@@ -90,20 +98,31 @@ def _order_cursor(after: str | None) -> tuple[datetime, str] | None:
         raise ValidationFailed(BAD_CURSOR)
     try:
         created_at = datetime.fromisoformat(cursor[0])
-    except ValueError as exc:
+        if created_at.tzinfo is None:
+            raise ValidationFailed(BAD_CURSOR)
+        # In UTC here: 0001-01-01T00:00+01:00 or 9999-12-31T23:00-05:00 is out of range.
+        return created_at.astimezone(UTC), cursor[1]
+    except (ValueError, OverflowError) as exc:
         raise ValidationFailed(BAD_CURSOR) from exc
-    if created_at.tzinfo is None:
-        raise ValidationFailed(BAD_CURSOR)
-    return created_at, cursor[1]
 
 
 def _sku_path(sku: str) -> str:
     return _path(sku, SKU_PATTERN, "sku")
 
 
-# Routes list the key before SkuPath: dependencies run in order, and a caller without a
+def _code_path(code: str) -> str:
+    return _path(code, CODE_PATTERN, "code")
+
+
+def _order_path(order_id: str) -> str:
+    return _path(order_id, ORDER_ID_PATTERN, "order_id")
+
+
+# Routes list the key before these: dependencies run in order, and a caller without a
 # valid key learns nothing about its input (401/403 before 422).
 SkuPath = Annotated[str, Depends(_sku_path)]
+CodePath = Annotated[str, Depends(_code_path)]
+OrderPath = Annotated[str, Depends(_order_path)]
 
 
 def backends(request: Request) -> Backends:
@@ -157,8 +176,7 @@ def _location(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.put("/v1/locations/{code}", tags=["catalogue"])
-async def put_location(code: str, body: LocationIn, key: Admin, b: B) -> JSONResponse:
-    _path(code, CODE_PATTERN, "code")
+async def put_location(key: Admin, code: CodePath, body: LocationIn, b: B) -> JSONResponse:
     row, created = await catalogue.put_location(
         b, code, body.name, body.priority, body.active, actor(key)
     )
@@ -182,14 +200,13 @@ def _channel(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.put("/v1/channels/{code}", tags=["catalogue"])
-async def put_channel(code: str, body: ChannelIn, key: Admin, b: B) -> JSONResponse:
-    _path(code, CODE_PATTERN, "code")
+async def put_channel(key: Admin, code: CodePath, body: ChannelIn, b: B) -> JSONResponse:
     row, created = await catalogue.put_channel(b, code, body.name, body.locations, actor(key))
     return _json(_channel(row), 201 if created else 200)
 
 
 @router.get("/v1/channels/{code}", tags=["catalogue"])
-async def get_channel(code: str, _key: Service, b: B) -> Any:
+async def get_channel(_key: Service, code: CodePath, b: B) -> Any:
     return _channel(await catalogue.get_channel(b, code))
 
 
@@ -263,7 +280,7 @@ async def get_availability(
     _key: Service,
     b: B,
     sku: Annotated[list[str], Query(min_length=1, max_length=500)],
-    channel: Annotated[str | None, Query(pattern=CODE_PATTERN)] = None,
+    channel: Annotated[str | None, Query(pattern=CODE_PATTERN, max_length=MAX_CODE)] = None,
 ) -> Any:
     for s in sku:
         _path(s, SKU_PATTERN, "sku")
@@ -295,7 +312,7 @@ async def place_order(body: OrderIn, key: Service, b: B) -> Response:
 
 
 @router.get("/v1/orders/{order_id}", tags=["orders"])
-async def get_order(order_id: str, _key: Service, b: B) -> Any:
+async def get_order(_key: Service, order_id: OrderPath, b: B) -> Any:
     return order_json(await orders.get_order(b, order_id))
 
 
@@ -307,7 +324,7 @@ async def list_orders(
     limit: Limit = 50,
     after: After = None,
 ) -> Any:
-    cursor = _order_cursor(after)
+    cursor = order_cursor(after)
     async with b.pool.acquire() as conn:
         found = await find_orders(
             conn,
@@ -324,7 +341,7 @@ async def list_orders(
 
 
 @router.post("/v1/orders/{order_id}/payments", tags=["orders"])
-async def pay(order_id: str, body: PaymentIn, key: Service, b: B) -> Response:
+async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Response:
     proof = orders.PaymentProof(body.provider, body.payment_id, body.amount, body.currency)
     return await answered(
         lambda: orders.pay_order(b, order_id, proof, actor(key)), lambda o: (200, order_json(o))
@@ -332,7 +349,7 @@ async def pay(order_id: str, body: PaymentIn, key: Service, b: B) -> Response:
 
 
 @router.post("/v1/orders/{order_id}/cancel", tags=["orders"])
-async def cancel(order_id: str, key: Service, b: B, body: CancelIn | None = None) -> Response:
+async def cancel(key: Service, order_id: OrderPath, b: B, body: CancelIn | None = None) -> Response:
     reason = body.reason if body else None
     return await answered(
         lambda: orders.cancel_order(b, order_id, actor(key), reason),
@@ -341,17 +358,22 @@ async def cancel(order_id: str, key: Service, b: B, body: CancelIn | None = None
 
 
 @router.patch("/v1/orders/{order_id}", tags=["orders"])
-async def patch_order(order_id: str, body: StatusIn, key: Service, b: B) -> Any:
+async def patch_order(key: Service, order_id: OrderPath, body: StatusIn, b: B) -> Any:
     return order_json(await orders.set_status(b, order_id, OrderStatus(body.status), actor(key)))
 
 
 @router.delete("/v1/orders/{order_id}", tags=["orders"], status_code=204)
-async def delete_order(order_id: str, key: Service, b: B) -> Response:
+async def delete_order(key: Service, order_id: OrderPath, b: B) -> Response:
     await orders.delete_order(b, order_id, actor(key))
     return Response(status_code=204)
 
 
 # ------------------------------------------------------------ admin
+
+
+# Only the form ids are shown in: uuid.UUID also takes "{...}", "urn:uuid:..." and bare hex,
+# which the driver refuses.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _key_json(k: keys.ApiKey) -> dict[str, Any]:
@@ -381,25 +403,20 @@ async def create_api_key(body: ApiKeyIn, key: Admin, b: B) -> Response:
 @router.get("/v1/admin/api-keys", tags=["admin"])
 async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
     cursor = decode_cursor(after)
-    if cursor is not None:
-        try:
-            uuid.UUID(str(cursor))
-        except ValueError as exc:
-            raise ValidationFailed(BAD_CURSOR) from exc
+    if cursor is not None and not (isinstance(cursor, str) and _UUID.fullmatch(cursor)):
+        raise ValidationFailed(BAD_CURSOR)
     async with b.pool.acquire() as conn:
         found = await keys.list_keys(conn, limit, cursor)
     return page([_key_json(k) for k in found], limit, found[-1].id if found else None)
 
 
 @router.delete("/v1/admin/api-keys/{key_id}", tags=["admin"], status_code=204)
-async def revoke_api_key(key_id: str, _key: Admin, b: B) -> Response:
-    try:
-        uuid.UUID(key_id)
-    except ValueError as exc:
-        raise NotFound(f"api key {key_id} not found") from exc
+async def revoke_api_key(_key: Admin, key_id: str, b: B) -> Response:
+    if not _UUID.fullmatch(key_id):
+        raise NotFound("no such api key")
     async with b.pool.acquire() as conn:
         if not await keys.revoke_key(conn, key_id):
-            raise NotFound(f"api key {key_id} not found")
+            raise NotFound("no such api key")
     return Response(status_code=204)
 
 
@@ -407,8 +424,8 @@ async def revoke_api_key(key_id: str, _key: Admin, b: B) -> Response:
 async def movements(
     _key: Admin,
     b: B,
-    sku: str | None = None,
-    order_id: str | None = None,
+    sku: Annotated[str | None, Query(pattern=SKU_PATTERN, max_length=MAX_CODE)] = None,
+    order_id: Annotated[str | None, Query(pattern=ORDER_ID_PATTERN, max_length=MAX_CODE)] = None,
     limit: Limit = 50,
     after: After = None,
 ) -> Any:
@@ -429,7 +446,7 @@ async def movements(
 
 @router.get("/v1/admin/orders/{order_id}/inventory-logs", tags=["admin"])
 async def inventory_logs(
-    order_id: str, _key: Admin, b: B, limit: Limit = 50, after: After = None
+    _key: Admin, order_id: OrderPath, b: B, limit: Limit = 50, after: After = None
 ) -> Any:
     cursor = _id_cursor(after)
     rows = await b.pool.fetch(

@@ -8,12 +8,16 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from stockguard.domain.errors import ValidationFailed
 from stockguard.store.orders import OrderRecord
 
 __all__ = [
+    "CODE_PATTERN",
+    "MAX_CODE",
+    "ORDER_ID_PATTERN",
+    "SKU_PATTERN",
     "AdjustmentIn",
     "ApiKeyIn",
     "CancelIn",
@@ -30,9 +34,15 @@ __all__ = [
     "ts",
 ]
 
-SkuCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-Code = Annotated[str, StringConstraints(pattern=r"^[a-z0-9._-]{1,64}$")]
-OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+# API.md's [A-Za-z0-9._:-]{1,64} (SKUs, order ids) and [a-z0-9._-]{1,64} (locations,
+# channels), with one character that is not a dot: "." and ".." are no URL path segment.
+SKU_PATTERN = r"^[A-Za-z0-9._:-]*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$"
+CODE_PATTERN = r"^[a-z0-9._-]*[a-z0-9_-][a-z0-9._-]*$"
+ORDER_ID_PATTERN = SKU_PATTERN  # what POST /v1/orders has always accepted as an id
+MAX_CODE = 64
+SkuCode = Annotated[str, StringConstraints(pattern=SKU_PATTERN, max_length=MAX_CODE)]
+Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN, max_length=MAX_CODE)]
+OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN, max_length=MAX_CODE)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")]
 Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -67,6 +77,13 @@ class AdjustmentIn(Strict):
     ]
     expected_on_hand: int | None = Field(default=None, ge=0, le=BIG)
     reference: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @field_validator("delta")
+    @classmethod
+    def _moves_something(cls, delta: int | None) -> int | None:
+        if delta == 0:  # would answer 201 and write nothing
+            raise ValueError("must not be 0")
+        return delta
 
 
 class OrderLineIn(Strict):

@@ -9,13 +9,14 @@ from fastapi.responses import JSONResponse
 
 from stockguard.api.routes import B
 from stockguard.api.schemas import order_json
+from stockguard.api.strict import StrictJSONRoute
 from stockguard.config import Settings
 from stockguard.service.uow import Backends
 from stockguard.service.webhooks import PaymentEvent, handle_event, parse_razorpay, parse_stripe
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=StrictJSONRoute)
 
 
 def _settings(request: Request) -> Settings:
@@ -52,11 +53,10 @@ async def stripe_webhook(request: Request, b: B, s: S) -> JSONResponse:
 @router.post("/v1/webhooks/razorpay")
 async def razorpay_webhook(request: Request, b: B, s: S) -> JSONResponse:
     """``payment.captured`` and ``order.paid`` with ``payload.payment.entity.notes.order_id``;
-    the event id comes from ``X-Razorpay-Event-Id``."""
+    the replay identity comes from the signed body (``X-Razorpay-Event-Id`` is not signed)."""
     event = parse_razorpay(
         await request.body(),
         request.headers.get("x-razorpay-signature"),
-        request.headers.get("x-razorpay-event-id"),
         _secret(s.razorpay_webhook_secret),
     )
     return await _answer(b, event)

@@ -9,6 +9,7 @@ is processed when the provider retries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import razorpay
 import stripe
 
+from stockguard import strictjson
 from stockguard.domain.errors import InvalidSignature, InvalidTransition, NotFound, PaymentReused
 from stockguard.domain.model import LogAction, OrderStatus
 from stockguard.logging import get_logger
@@ -63,18 +65,28 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _ascii(signature: str | None, header: str) -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII text: refuse it as a bad signature.
+    if signature is not None and not signature.isascii():
+        raise InvalidSignature(f"the {header} header is not ASCII")
+
+
 def parse_stripe(
     payload: bytes, signature: str | None, secret: str | None, tolerance: int
 ) -> PaymentEvent:
+    """A signed body that is not one JSON value (duplicate keys, lone surrogates, deep
+    nesting: see ``strictjson``) is refused like a bad signature: 400, nothing stored."""
     if not secret:
         raise InvalidSignature("no Stripe webhook secret is configured")
+    _ascii(signature, "Stripe-Signature")
     try:
-        stripe.Webhook.construct_event(payload, signature, secret, tolerance=tolerance)
+        # verify_header, not construct_event: that one parses the body again, leniently.
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=tolerance)
+        data = strictjson.loads(payload)
     except stripe.SignatureVerificationError as exc:
         raise InvalidSignature("the Stripe-Signature does not match this body") from exc
     except ValueError as exc:
         raise InvalidSignature("the body is not a Stripe event") from exc
-    data = json.loads(payload)
     obj = _get(data, "data", "object")
     return PaymentEvent(
         provider="stripe",
@@ -87,17 +99,27 @@ def parse_stripe(
     )
 
 
-def parse_razorpay(
-    payload: bytes, signature: str | None, event_id: str | None, secret: str | None
-) -> PaymentEvent:
+def razorpay_event_id(event_type: str, payment_id: str | None, payload: bytes) -> str:
+    """The inbox identity of a Razorpay delivery, from the signed body only: the
+    ``X-Razorpay-Event-Id`` header is not signed, so a replay could carry a fresh one.
+    ``payment.captured`` and ``order.paid`` of one payment are one payment (API.md)."""
+    if payment_id and len(payment_id) <= 200:
+        kind = "payment" if event_type in RAZORPAY_EVENTS else event_type[:100]
+        return f"{kind}:{payment_id}"
+    return "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+def parse_razorpay(payload: bytes, signature: str | None, secret: str | None) -> PaymentEvent:
+    """Bodies are refused as ``parse_stripe`` refuses them."""
     if not secret:
         raise InvalidSignature("no Razorpay webhook secret is configured")
     if not signature:
         raise InvalidSignature("the X-Razorpay-Signature header is missing")
+    _ascii(signature, "X-Razorpay-Signature")
     try:
         body = payload.decode("utf-8")
         razorpay.Utility(None).verify_webhook_signature(body, signature, secret)
-        data = json.loads(body)
+        data = strictjson.loads(payload)
     except razorpay.errors.SignatureVerificationError as exc:
         raise InvalidSignature("the X-Razorpay-Signature does not match this body") from exc
     except ValueError as exc:  # not UTF-8 or not JSON, though signed
@@ -105,12 +127,9 @@ def parse_razorpay(
     entity = _get(data, "payload", "payment", "entity")
     event_type = str(_str(_get(data, "event")) or "")
     payment_id = _str(_get(entity, "id"))
-    if not event_id and payment_id:
-        # Without the header, (event, payment) still names the delivery for the inbox.
-        event_id = f"{event_type}:{payment_id}"
     return PaymentEvent(
         provider="razorpay",
-        event_id=event_id or "",
+        event_id=razorpay_event_id(event_type, payment_id, payload),
         event_type=event_type,
         order_id=_str(_get(entity, "notes", "order_id")),
         payment_id=payment_id,
