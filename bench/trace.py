@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.env import progress
 from bench.workload import ACTOR
-from stockguard.cache.redis_cache import RedisCache, SkuAvailability
+from stockguard.cache.redis_cache import RedisCache, SkuAvailability, Written
 from stockguard.config import CacheMode
 from stockguard.service.orders import Placed, PlaceOrder, cancel_order, place_order, place_orders
 from stockguard.service.uow import Backends
@@ -32,7 +32,7 @@ class TimedCache(RedisCache):
     seconds: float = 0.0
     calls: int = 0
 
-    async def write(self, states: Iterable[SkuAvailability]) -> int:
+    async def write(self, states: Iterable[SkuAvailability]) -> Written:
         t0 = time.perf_counter()
         try:
             return await super().write(states)

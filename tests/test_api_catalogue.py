@@ -270,8 +270,10 @@ async def test_availability_is_read_from_redis(
     sku, loc = f"S{uid}", f"w{uid}"
     await stock({sku: {loc: 4}})
     assert backends.cache is not None
-    _, locations_key, _ = backends.cache.keys(sku)
-    await backends.cache.client.hset(locations_key, loc, 99)  # a drift only Redis shows
+    inventory_key, locations_key, _ = backends.cache.keys(sku)
+    # A drift only Redis shows (whole: a partial entry would be a miss).
+    await backends.cache.client.hset(locations_key, loc, 99)
+    await backends.cache.client.set(inventory_key, 99)
     got = (await client.get(f"/v1/availability?sku={sku}")).json()
     assert got["items"][0]["locations"] == {loc: 99}
     repaired = await client.post("/v1/admin/cache/reconcile", json={"repair": True})

@@ -317,12 +317,12 @@ async def test_older_write_never_overwrites_newer(cache: RedisCache, uid: str) -
     from stockguard.cache.redis_cache import SkuAvailability
 
     sku = f"V{uid}"
-    assert await cache.write([SkuAvailability(sku, 7, {"a": 5, "b": 1})]) == 1
+    assert (await cache.write([SkuAvailability(sku, 7, {"a": 5, "b": 1})])).count == 1
     # A slow write from an earlier transaction arrives late: refused.
-    assert await cache.write([SkuAvailability(sku, 6, {"a": 9})]) == 0
+    assert (await cache.write([SkuAvailability(sku, 6, {"a": 9})])).count == 0
     assert (await cache.read([sku]))[sku] == (6, {"a": 5, "b": 1})
     # The same or a newer version is applied, and a location gone from the hash is dropped.
-    assert await cache.write([SkuAvailability(sku, 8, {"a": 4})]) == 1
+    assert (await cache.write([SkuAvailability(sku, 8, {"a": 4})])).count == 1
     assert (await cache.read([sku]))[sku] == (4, {"a": 4})
     await cache.delete([sku])
     assert (await cache.read([sku]))[sku] is None
@@ -334,5 +334,33 @@ async def test_script_cache_loss_is_survived(cache: RedisCache, uid: str) -> Non
     sku = f"W{uid}"
     await cache.write([SkuAvailability(sku, 1, {"a": 1})])
     await cache.client.script_flush()  # as after a Redis restart
-    assert await cache.write([SkuAvailability(sku, 2, {"a": 2})]) == 1
+    assert (await cache.write([SkuAvailability(sku, 2, {"a": 2})])).count == 1
     assert (await cache.read([sku]))[sku] == (2, {"a": 2})
+
+
+@pytest.mark.parametrize("evicted", ["locations", "version", "inventory"])
+async def test_a_key_evicted_alone_is_a_miss_and_never_lets_an_older_write_win(
+    backends: Backends, stock: Stocker, uid: str, evicted: str
+) -> None:
+    """Redis evicts keys one by one (maxmemory): a lone survivor must not be an answer."""
+    from stockguard.cache.redis_cache import SkuAvailability
+
+    assert backends.cache is not None
+    sku, loc = f"P{uid}", f"w{uid}"
+    await stock({sku: {loc: 7}})
+    inventory, locations, version = backends.cache.keys(sku)
+    stale = SkuAvailability(sku, 0, {loc: 99})  # an old write, still in flight
+    await backends.cache.client.delete(
+        {"locations": locations, "version": version, "inventory": inventory}[evicted]
+    )
+    assert (await backends.cache.read([sku]))[sku] is None
+    (got,) = await catalogue.availability(backends, [sku])
+    assert (got.available, got.locations, got.source) == (7, {loc: 7}, "postgres")
+    written = await backends.cache.write([stale])
+    assert written.count == 0
+    # A partial entry is dropped rather than trusted: the late write lands nowhere.
+    assert written.dropped == ((sku,) if evicted == "version" else ())
+    assert (await backends.cache.read([sku]))[sku] is None
+    # The next change writes the SKU whole again.
+    await catalogue.adjust_stock(backends, catalogue.Adjustment(sku, loc, "received", delta=1), "t")
+    await assert_cache_parity(backends, [sku])

@@ -23,10 +23,26 @@ from redis.exceptions import NoScriptError
 
 from stockguard.store.db import Conn
 
-__all__ = ["RedisCache", "SkuAvailability", "load_availability", "stamp_and_load"]
+__all__ = [
+    "Entry",
+    "RedisCache",
+    "SkuAvailability",
+    "Written",
+    "load_availability",
+    "stamp_and_load",
+]
 
+# Returns 1 written, 0 refused (a newer version is stored), -1 partial state found: some
+# of the three keys were evicted, so the stored version cannot be trusted to refuse an
+# older write; the SKU's keys are dropped (reads fall back to PostgreSQL) and the writer
+# marks it for the reconciler.
 _WRITE_LUA = """
-local cur = tonumber(redis.call('GET', KEYS[3]) or '-1')
+local stored = redis.call('GET', KEYS[3])
+if not stored and redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return -1
+end
+local cur = tonumber(stored or '-1')
 local ver = tonumber(ARGV[1])
 if ver < cur then
   return 0
@@ -39,6 +55,26 @@ end
 redis.call('SET', KEYS[3], ARGV[1])
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    total: int | None
+    locations: dict[str, int]
+    versioned: bool
+
+    @property
+    def answer(self) -> tuple[int, dict[str, int]] | None:
+        whole = (
+            self.total is not None and self.versioned and sum(self.locations.values()) == self.total
+        )
+        return (self.total, self.locations) if whole and self.total is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    count: int  # SKUs written
+    dropped: tuple[str, ...]  # SKUs found partly evicted: dropped, to be repaired
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +148,12 @@ class RedisCache:
             self._sha = str(await self.client.script_load(_WRITE_LUA))
         return self._sha
 
-    async def write(self, states: Iterable[SkuAvailability]) -> int:
+    async def write(self, states: Iterable[SkuAvailability]) -> Written:
         """Write each SKU's availability unless Redis holds a newer version; one round
-        trip for all of them. Returns how many SKUs were written."""
+        trip for all of them."""
         states = list(states)
         if not states:
-            return 0
+            return Written(0, ())
         sha = await self._script_sha()
         try:
             return await self._write(sha, states)
@@ -125,35 +161,42 @@ class RedisCache:
             self._sha = None
             return await self._write(await self._script_sha(), states)
 
-    async def _write(self, sha: str, states: list[SkuAvailability]) -> int:
+    async def _write(self, sha: str, states: list[SkuAvailability]) -> Written:
         pipe = self.client.pipeline(transaction=False)
         for st in states:
             args: list[str | int] = [st.version, st.total]
             for loc, n in sorted(st.locations.items()):
                 args.extend((loc, n))
             pipe.evalsha(sha, 3, *self.keys(st.sku), *args)
-        results = await pipe.execute()
-        return sum(int(r) for r in results)
+        results = [int(r) for r in await pipe.execute()]
+        return Written(
+            results.count(1),
+            tuple(st.sku for st, r in zip(states, results, strict=True) if r < 0),
+        )
 
     async def read(self, skus: Sequence[str]) -> dict[str, tuple[int, dict[str, int]] | None]:
-        """SKU -> (total, {location: available}); None where Redis has no entry."""
+        """SKU -> (total, {location: available}); None where Redis has no whole entry:
+        a key evicted alone (the hash, the total or the version) makes a miss, never a
+        wrong number."""
+        return {sku: e.answer for sku, e in (await self.entries(skus)).items()}
+
+    async def entries(self, skus: Sequence[str]) -> dict[str, Entry]:
+        """What Redis holds for each SKU, whole or not (the reconciler's view)."""
         pipe = self.client.pipeline(transaction=False)
         for sku in skus:
-            inv, loc, _ = self.keys(sku)
+            inv, loc, ver = self.keys(sku)
             pipe.get(inv)
             pipe.hgetall(loc)
+            pipe.exists(ver)
         raw = await pipe.execute()
-        out: dict[str, tuple[int, dict[str, int]] | None] = {}
-        for i, sku in enumerate(skus):
-            total, hash_ = raw[2 * i], raw[2 * i + 1]
-            if total is None:
-                out[sku] = None
-                continue
-            out[sku] = (
-                int(total),
-                {_text(k): int(v) for k, v in hash_.items()},
+        return {
+            sku: Entry(
+                None if raw[3 * i] is None else int(raw[3 * i]),
+                {_text(k): int(v) for k, v in raw[3 * i + 1].items()},
+                bool(raw[3 * i + 2]),
             )
-        return out
+            for i, sku in enumerate(skus)
+        }
 
     async def delete(self, skus: Iterable[str]) -> None:
         keys = [k for sku in skus for k in self.keys(sku)]

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stockguard.cache.redis_cache import SkuAvailability, load_availability
+from stockguard.cache.redis_cache import Entry, SkuAvailability, load_availability
 from stockguard.metrics import RECONCILER_REPAIRS
 from stockguard.service.uow import Backends, repair_cache
 
@@ -28,8 +28,8 @@ class ReconcileReport:
     repaired: int = 0
 
 
-def _differs(pg: SkuAvailability, cached: tuple[int, dict[str, int]] | None) -> bool:
-    return cached is None or cached[0] != pg.total or cached[1] != pg.locations
+def _differs(pg: SkuAvailability, cached: Entry) -> bool:
+    return cached.answer != (pg.total, pg.locations)
 
 
 async def _check(
@@ -39,12 +39,11 @@ async def _check(
     async with backends.pool.acquire() as conn:
         pg = await load_availability(conn, skus)
     async with asyncio.timeout(backends.redis_timeout * 4):
-        cached = await backends.cache.read(list(skus))
+        cached = await backends.cache.entries(list(skus))
     drifted = [s for s in skus if _differs(pg[s], cached[s])]
     report.checked += len(skus)
     for sku in drifted:
-        hit = cached[sku]
-        report.drifted.append(Drift(sku, None if hit is None else hit[0], pg[sku].total))
+        report.drifted.append(Drift(sku, cached[sku].total, pg[sku].total))
     if repair and drifted:
         # Rewritten under the levels' locks, so an operation in flight cannot be undone.
         await repair_cache(backends, drifted)

@@ -69,7 +69,9 @@ async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
 
 async def _write_cache(
     backends: Backends, conn: Conn, skus: list[str], *, gated: bool = True
-) -> None:
+) -> tuple[str, ...]:
+    """Write the SKUs' availability as of this transaction; returns those found partly
+    evicted (dropped, and marked for the reconciler)."""
     assert backends.cache is not None
     if gated and not backends.breaker.allow():
         raise CacheSkipped("the availability cache failed a moment ago")
@@ -77,11 +79,16 @@ async def _write_cache(
     try:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         async with asyncio.timeout(backends.redis_timeout):
-            await backends.cache.write(states.values())
+            written = await backends.cache.write(states.values())
     except CACHE_ERRORS:
         backends.breaker.failed()
         raise
     backends.breaker.succeeded()
+    if written.dropped:
+        # Partly evicted entries were dropped (reads fall back to PostgreSQL meanwhile):
+        # the reconciler writes them whole again, in this transaction's wake.
+        await mark_dirty(conn, written.dropped)
+    return written.dropped
 
 
 async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
@@ -94,8 +101,9 @@ async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
         async with backends.pool.acquire() as conn, conn.transaction():
             await LevelWriter(conn, "system:cache").lock(wanted)
             # Repairs always try: they are how a recovered Redis gets used again.
-            await _write_cache(backends, conn, wanted, gated=False)
-            await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", wanted)
+            dropped = await _write_cache(backends, conn, wanted, gated=False)
+            repaired = sorted(set(wanted) - set(dropped))
+            await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", repaired)
     except CACHE_ERRORS:
         # Outside the rolled-back transaction, so the mark stays.
         async with backends.pool.acquire() as conn:
