@@ -127,11 +127,10 @@ async def test_reconcile_reports_drift_and_repairs_only_when_asked(
             {"sku": gone, "redis": None, "postgres": 2},
             {"sku": sku, "redis": 99, "postgres": 4},
         ]
-    cached = await backends.cache.read([sku, gone])
-    assert cached[gone] is None
-    drifted = cached[sku]
-    assert drifted is not None
-    assert drifted[0] == 99
+    cached = await backends.cache.entries([sku, gone])
+    assert cached[gone].total is None
+    assert cached[sku].total == 99  # still there: reporting repaired nothing
+    assert cached[sku].answer is None  # and, not whole, never an answer to a read
 
     repaired = (await client.post("/v1/admin/cache/reconcile", json={"repair": True})).json()
     assert repaired["repaired"] >= 2

@@ -439,3 +439,26 @@ async def test_one_payment_raced_onto_two_orders_pays_exactly_one(
         other = reused[0].order_id
         assert (await orders.get_order(backends, other)).status is OrderStatus.PENDING
     await assert_invariants(backends.pool)
+
+
+async def test_a_bad_redis_url_at_start_leaks_no_database_connections(
+    settings: Settings, backends: Backends
+) -> None:
+    from stockguard.runtime import Endpoints, open_backends
+
+    async def ours() -> int:
+        return int(
+            await backends.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'stockguard'"
+            )
+        )
+
+    before = await ours()
+    bad = settings.model_copy(update={"db_pool_min": 3})
+    assert bad.database_url is not None
+    endpoints = Endpoints(bad.database_url.get_secret_value(), "nonsense://nowhere")
+    with pytest.raises(ValueError, match="Redis URL"):
+        async with open_backends(bad, endpoints, migrate=False):
+            pass
+    assert await ours() == before

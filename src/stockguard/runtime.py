@@ -76,14 +76,15 @@ async def open_backends(
     )
     client: aioredis.Redis | None = None
     cache: RedisCache | None = None
-    if settings.cache_mode is not CacheMode.DISABLED:
-        client = aioredis.Redis.from_url(
-            endpoints.redis_url,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-        )
-        cache = RedisCache(client, settings.redis_prefix)
     try:
+        if settings.cache_mode is not CacheMode.DISABLED:
+            # Inside the try: a bad Redis URL raises here, and the pool is closed anyway.
+            client = aioredis.Redis.from_url(
+                endpoints.redis_url,
+                socket_timeout=settings.redis_timeout_seconds,
+                socket_connect_timeout=settings.redis_timeout_seconds,
+            )
+            cache = RedisCache(client, settings.redis_prefix)
         if settings.bootstrap_admin_key is not None:
             async with pool.acquire() as conn:
                 await keys.create_key(

@@ -231,8 +231,8 @@ def _sku(view: SkuView) -> dict[str, Any]:
 
 
 @router.put("/v1/skus/{sku}", tags=["catalogue"])
-async def put_sku(_key: Admin, sku: SkuPath, body: SkuIn, b: B) -> JSONResponse:
-    view, created = await catalogue.put_sku(b, sku, body.name)
+async def put_sku(key: Admin, sku: SkuPath, body: SkuIn, b: B) -> JSONResponse:
+    view, created = await catalogue.put_sku(b, sku, body.name, actor(key))
     return _json(_sku(view), 201 if created else 200)
 
 
@@ -411,12 +411,15 @@ async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = Non
 
 
 @router.delete("/v1/admin/api-keys/{key_id}", tags=["admin"], status_code=204)
-async def revoke_api_key(_key: Admin, key_id: str, b: B) -> Response:
+async def revoke_api_key(key: Admin, key_id: str, b: B) -> Response:
     if not _UUID.fullmatch(key_id):
         raise NotFound("no such api key")
-    async with b.pool.acquire() as conn:
-        if not await keys.revoke_key(conn, key_id):
+
+    async def revoke(uow: UnitOfWork) -> None:
+        if not await keys.revoke_key(uow.conn, key_id):
             raise NotFound("no such api key")
+
+    await run(b, actor(key), revoke, operation="revoke_api_key")
     return Response(status_code=204)
 
 

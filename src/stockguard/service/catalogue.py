@@ -173,16 +173,20 @@ async def get_channel(backends: Backends, code: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- skus
 
 
-async def put_sku(backends: Backends, code: str, name: str) -> tuple[SkuView, bool]:
-    async with backends.pool.acquire() as conn:
-        created = await conn.fetchval(
+async def put_sku(
+    backends: Backends, code: str, name: str, actor: str = "system"
+) -> tuple[SkuView, bool]:
+    async def body(uow: UnitOfWork) -> tuple[SkuView, bool]:
+        created = await uow.conn.fetchval(
             "INSERT INTO skus (code, name) VALUES ($1, $2) ON CONFLICT (code) DO UPDATE "
             "SET name = $2, updated_at = now() RETURNING (xmax = 0)",
             code,
             name,
         )
-        views = await _sku_views(conn, [code])
-    return views[0], bool(created)
+        views = await _sku_views(uow.conn, [code])
+        return views[0], bool(created)
+
+    return await run(backends, actor, body, operation="put_sku")
 
 
 async def _sku_views(conn: Conn, codes: Sequence[str]) -> list[SkuView]:

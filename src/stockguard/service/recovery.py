@@ -156,6 +156,13 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
     return Recovery(Outcome.SUCCESS, await load_order(uow.conn, order.id), log_id)
 
 
+async def _to_review(uow: UnitOfWork, order_id: str) -> None:
+    """After a recovery that failed for a reason of its own: a paid order needs a person."""
+    order = await load_order(uow.conn, order_id, lock=True)
+    if order is not None and order.status in WORKER_RECOVERS and not order.fully_committed:
+        await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
+
+
 async def recover_order(
     backends: Backends, order_id: str, actor: str, *, skip_locked: bool = False
 ) -> Recovery | None:
@@ -184,10 +191,12 @@ async def recover_order(
             ],
         )
         try:
-            await backends.pool.execute(
-                "UPDATE orders SET status = 'needs_review', updated_at = now() "
-                "WHERE id = $1 AND status = 'paid'",
-                order_id,
+            await run(
+                backends,
+                actor,
+                lambda uow: _to_review(uow, order_id),
+                operation="recover_order_failed",
+                answers=False,
             )
         except Exception:
             log.exception("needs_review_not_set", order_id=order_id)
