@@ -203,3 +203,61 @@ async def test_concurrent_pay_and_cancel_never_commit_released_stock(
         assert final.status == OrderStatus.CANCELLED
         assert await level(backends.pool, sku, loc) == (5, 0)
     await assert_invariants(backends.pool)
+
+
+async def test_payment_racing_expiry_ends_paid_with_its_units_held_once(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """Whichever wins, the order ends paid and holds exactly its units: expiry first gives
+    them back and the late payment takes them again; payment first leaves expiry nothing."""
+    for n in range(REPEAT):
+        sku, loc, oid = f"X{uid}{n}", f"w{uid}", f"o{uid}-{n}"
+        await stock({sku: {loc: 5}})
+        await orders.place_order(backends, PlaceOrder(oid, ((sku, 3),)), "t")
+        await make_overdue(backends.pool, oid)
+        proof = PaymentProof("stripe", f"pi{oid}")
+        contenders: list[Callable[[], Awaitable[object]]] = [
+            partial(orders.pay_order, backends, oid, proof, "t"),
+            partial(expire_order, backends, oid),
+            partial(expire_order, backends, oid),
+        ]
+        results = await race(*contenders)
+        assert _unexpected(results, ()) == []
+        final = await orders.get_order(backends, oid)
+        assert final.status == OrderStatus.PAID
+        held = [r for r in final.reservations if r.status.value == "committed"]
+        assert sum(r.quantity for r in held) == 3
+        assert await level(backends.pool, sku, loc) == (5, 3)
+    await assert_invariants(backends.pool)
+
+
+async def test_adjustment_racing_placements_never_oversells_or_loses_a_unit(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    from stockguard.domain.errors import InsufficientStock
+    from stockguard.service import catalogue
+
+    for n in range(REPEAT):
+        sku, loc = f"J{uid}{n}", f"w{uid}"
+        await stock({sku: {loc: 6}})
+        shrink = catalogue.Adjustment(sku, loc, "shrinkage", delta=-3)
+        contenders: list[Callable[[], Awaitable[object]]] = [
+            partial(catalogue.adjust_stock, backends, shrink, "t"),
+            *(
+                partial(
+                    orders.place_order, backends, PlaceOrder(f"j{uid}{n}-{i}", ((sku, 2),)), "t"
+                )
+                for i in range(3)
+            ),
+        ]
+        results = await race(*contenders)
+        assert _unexpected(results, (InsufficientStock, OutOfStock)) == []
+        shrunk = not isinstance(results[0], BaseException)
+        placed = sum(1 for r in results[1:] if isinstance(r, orders.Placed))
+        on_hand, reserved = await level(backends.pool, sku, loc)
+        assert on_hand == 6 - (3 if shrunk else 0)
+        assert reserved == 2 * placed <= on_hand
+        # A refusal happened only for want of units.
+        assert shrunk or placed == 3
+    await assert_invariants(backends.pool)
+    await assert_cache_parity(backends, [f"J{uid}{n}" for n in range(REPEAT)])
