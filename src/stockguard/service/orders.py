@@ -52,6 +52,7 @@ from stockguard.store.orders import (
     find_orders,
     insert_logs,
     load_order,
+    log_inconsistency,
 )
 
 __all__ = [
@@ -727,22 +728,14 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
     if order.payment_id is not None:
         if (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id):
             return order
-        await insert_logs(
+        await log_inconsistency(
             uow.conn,
             uow.actor,
-            [
-                LogEntry(
-                    order.id,
-                    LogAction.INCONSISTENCY_DETECTED,
-                    error_reason="SECOND_PAYMENT",
-                    context={
-                        "detail": "a different payment for an order already paid: "
-                        "possible double charge",
-                        "recorded": [order.payment_provider, order.payment_id],
-                        "received": [proof.provider, proof.payment_id],
-                    },
-                )
-            ],
+            order.id,
+            "SECOND_PAYMENT",
+            "a different payment for an order already paid: possible double charge",
+            recorded=[order.payment_provider, order.payment_id],
+            received=[proof.provider, proof.payment_id],
         )
         if order.status == OrderStatus.PAID:
             await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
@@ -759,18 +752,7 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
     await record_payment(uow, order.id, proof)
     mismatch = _amount_mismatch(order, proof)
     if mismatch:
-        await insert_logs(
-            uow.conn,
-            uow.actor,
-            [
-                LogEntry(
-                    order.id,
-                    LogAction.INCONSISTENCY_DETECTED,
-                    error_reason="AMOUNT_MISMATCH",
-                    context={"detail": mismatch},
-                )
-            ],
-        )
+        await log_inconsistency(uow.conn, uow.actor, order.id, "AMOUNT_MISMATCH", mismatch)
         await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
         return await _fresh(uow.conn, order_id)
     rereserved = await rereserve_missing(uow, order)

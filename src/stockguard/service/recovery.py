@@ -22,7 +22,14 @@ from stockguard.logging import get_logger
 from stockguard.service.failsafe import write_failure_log
 from stockguard.service.orders import commit_reserved, rereserve_missing, set_order_status
 from stockguard.service.uow import Backends, UnitOfWork, run
-from stockguard.store.orders import LogEntry, OrderRecord, find_orders, insert_logs, load_order
+from stockguard.store.orders import (
+    LogEntry,
+    OrderRecord,
+    find_orders,
+    insert_logs,
+    load_order,
+    log_inconsistency,
+)
 
 __all__ = [
     "WORKER_ACTOR",
@@ -97,18 +104,14 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
             if order.status in RECOVERABLE
             else f"order is {order.status.value}, not paid"
         )
-        (log_id,) = await insert_logs(
+        log_id = await log_inconsistency(
             uow.conn,
             uow.actor,
-            [
-                LogEntry(
-                    order.id,
-                    LogAction.INCONSISTENCY_DETECTED,
-                    ids,
-                    error_reason="NO_PAYMENT_PROOF" if order.status in RECOVERABLE else "NOT_PAID",
-                    context={"detail": f"nothing committed: {why}", "attempt_log_id": attempt},
-                )
-            ],
+            order.id,
+            "NO_PAYMENT_PROOF" if order.status in RECOVERABLE else "NOT_PAID",
+            f"nothing committed: {why}",
+            ids,
+            attempt_log_id=attempt,
         )
         return Recovery(Outcome.INCONSISTENT, order, log_id)
     if state["reserved_count"] == 0 and state["missing_lines"] == 0:

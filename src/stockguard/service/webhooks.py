@@ -19,11 +19,11 @@ import stripe
 
 from stockguard import strictjson
 from stockguard.domain.errors import InvalidSignature, InvalidTransition, NotFound, PaymentReused
-from stockguard.domain.model import LogAction, OrderStatus
+from stockguard.domain.model import OrderStatus
 from stockguard.logging import get_logger
 from stockguard.service.orders import PaymentProof, pay
 from stockguard.service.uow import Backends, UnitOfWork, run
-from stockguard.store.orders import LogEntry, OrderRecord, insert_logs, load_order
+from stockguard.store.orders import OrderRecord, load_order, log_inconsistency
 
 __all__ = ["PaymentEvent", "handle_event", "parse_razorpay", "parse_stripe"]
 
@@ -202,43 +202,29 @@ async def _apply(uow: UnitOfWork, event: PaymentEvent) -> dict[str, Any]:
         return _ignored(event, "unknown order")
     if order.deleted_at is not None or order.status == OrderStatus.CANCELLED:
         why = "order deleted" if order.deleted_at is not None else "order cancelled"
-        await insert_logs(
+        await log_inconsistency(
             uow.conn,
             uow.actor,
-            [
-                LogEntry(
-                    order.id,
-                    LogAction.INCONSISTENCY_DETECTED,
-                    error_reason="PAID_AFTER_CANCEL",
-                    context={
-                        "detail": f"payment for an order that is {why[6:]}: a refund is due",
-                        "provider": event.provider,
-                        "payment_id": event.payment_id,
-                        "amount": event.amount,
-                    },
-                )
-            ],
+            order.id,
+            "PAID_AFTER_CANCEL",
+            f"payment for an order that is {why[6:]}: a refund is due",
+            provider=event.provider,
+            payment_id=event.payment_id,
+            amount=event.amount,
         )
         return _ignored(event, why)
     proof = PaymentProof(event.provider, event.payment_id, event.amount, event.currency)
     try:
         paid = await pay(uow, order.id, proof)
     except PaymentReused as exc:
-        await insert_logs(
+        await log_inconsistency(
             uow.conn,
             uow.actor,
-            [
-                LogEntry(
-                    order.id,
-                    LogAction.INCONSISTENCY_DETECTED,
-                    error_reason="PAYMENT_REUSED",
-                    context={
-                        "detail": f"{exc.detail}: this order stays unpaid; check the payment",
-                        "provider": event.provider,
-                        "payment_id": event.payment_id,
-                    },
-                )
-            ],
+            order.id,
+            "PAYMENT_REUSED",
+            f"{exc.detail}: this order stays unpaid; check the payment",
+            provider=event.provider,
+            payment_id=event.payment_id,
         )
         return _ignored(event, exc.detail)
     except (InvalidTransition, NotFound) as exc:

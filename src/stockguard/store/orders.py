@@ -21,6 +21,7 @@ __all__ = [
     "find_orders",
     "insert_logs",
     "load_order",
+    "log_inconsistency",
 ]
 
 
@@ -216,3 +217,30 @@ async def insert_logs(conn: Conn, actor: str, entries: Sequence[LogEntry]) -> li
         actor,
     )
     return [r["id"] for r in rows]
+
+
+async def log_inconsistency(
+    conn: Conn,
+    actor: str,
+    order_id: str,
+    reason: str,
+    detail: str,
+    reservation_ids: Sequence[int] = (),
+    **context: Any,
+) -> int:
+    """The one way to say ``INCONSISTENCY_DETECTED`` (a refund may be due, a double charge,
+    a mismatch): ``reason`` is its ``error_reason``, ``detail`` what a person reads."""
+    (log_id,) = await insert_logs(
+        conn,
+        actor,
+        [
+            LogEntry(
+                order_id,
+                LogAction.INCONSISTENCY_DETECTED,
+                reservation_ids,
+                error_reason=reason,
+                context={"detail": detail, **context},
+            )
+        ],
+    )
+    return log_id
