@@ -223,6 +223,9 @@ def stock(backends: Backends) -> Stocker:
         for sku, per in levels.items():
             await catalogue.put_sku(backends, sku, sku)
             for loc, qty in per.items():
+                if qty == 0:  # an empty level: nothing to receive
+                    await catalogue.set_safety_stock(backends, sku, loc, 0, "test")
+                    continue
                 await catalogue.adjust_stock(
                     backends,
                     catalogue.Adjustment(sku=sku, location=loc, reason="received", delta=qty),

@@ -73,6 +73,8 @@ async def test_put_sku_creates_then_updates_and_keeps_stock(
         "name": "T-shirt",
         "on_hand": 0,
         "reserved": 0,
+        "unavailable": 0,
+        "safety_stock": 0,
         "available": 0,
         "levels": [],
     }
@@ -196,8 +198,24 @@ async def test_inactive_locations_are_listed_but_not_counted(
     view = (await client.get(f"/v1/skus/{sku}")).json()
     assert (view["on_hand"], view["reserved"], view["available"]) == (5, 0, 5)
     assert view["levels"] == [
-        {"location": a, "on_hand": 5, "reserved": 0, "available": 5, "active": True},
-        {"location": b, "on_hand": 7, "reserved": 0, "available": 7, "active": False},
+        {
+            "location": a,
+            "on_hand": 5,
+            "reserved": 0,
+            "unavailable": 0,
+            "safety_stock": 0,
+            "available": 5,
+            "active": True,
+        },
+        {
+            "location": b,
+            "on_hand": 7,
+            "reserved": 0,
+            "unavailable": 0,
+            "safety_stock": 0,
+            "available": 7,
+            "active": False,
+        },
     ]
     avail = (await client.get(f"/v1/availability?sku={sku}")).json()
     assert avail == {"items": [{"sku": sku, "available": 5, "locations": {a: 5}}]}

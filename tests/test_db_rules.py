@@ -150,3 +150,23 @@ async def test_ledger_reasons_are_a_known_set(backends: Backends, stock: Stocker
             sku,
             loc,
         )
+
+
+async def test_level_states_stay_within_on_hand(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """Invariant 1': 0 ≤ reserved, 0 ≤ unavailable, reserved + unavailable ≤ on_hand."""
+    sku, loc = f"M{uid}", f"w{uid}"
+    await stock({sku: {loc: 5}})
+    await orders.place_order(backends, PlaceOrder(f"o{uid}", ((sku, 3),)), "t")
+    for sets in ("unavailable = 3", "unavailable = -1", "on_hand = 2", "safety_stock = -1"):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await backends.pool.execute(
+                f"UPDATE inventory_levels SET {sets} WHERE sku = $1 AND location = $2", sku, loc
+            )
+    row = await backends.pool.fetchrow(
+        "SELECT on_hand, reserved, unavailable, safety_stock FROM inventory_levels WHERE sku = $1",
+        sku,
+    )
+    assert row is not None
+    assert tuple(row.values()) == (5, 3, 0, 0)

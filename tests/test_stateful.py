@@ -90,7 +90,11 @@ class StockMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ rules
 
-    @rule(sku=st.sampled_from(SKUS), loc=st.sampled_from(LOCATIONS), delta=st.integers(-4, 8))
+    @rule(
+        sku=st.sampled_from(SKUS),
+        loc=st.sampled_from(LOCATIONS),
+        delta=st.integers(-4, 8).filter(bool),
+    )
     def adjust(self, sku: str, loc: str, delta: int) -> None:
         adj = catalogue.Adjustment(self.sku(sku), self.loc(loc), "correction", delta=delta)
         try:

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
 from stockguard.service.uow import Backends
 from stockguard.store.migrate import upgrade
 from stockguard.store.orders import OrderRecord
+
+if TYPE_CHECKING:
+    from stockguard.service.catalogue import SkuView
 
 __all__ = ["app", "main"]
 
@@ -47,6 +50,12 @@ orders_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(orders_app, name="orders")
+stock_app = typer.Typer(
+    help="Stock levels: show a SKU, adjust a level (sellable or unavailable units), set a "
+    "level's safety stock.",
+    no_args_is_help=True,
+)
+app.add_typer(stock_app, name="stock")
 
 
 def _settings() -> Settings:
@@ -383,6 +392,125 @@ def orders_resolve(
         err.print(f"[red]{exc.code}[/red]: {exc.detail}")
         raise typer.Exit(1) from exc
     console.print(f"order {order.id} is now {order.status.value}")
+
+
+def _levels_table(view: SkuView) -> Table:
+    table = Table(title=f"{view.sku}: {view.name}")
+    for column in ("location", "on_hand", "reserved", "unavailable", "safety_stock", "available"):
+        table.add_column(column, justify="left" if column == "location" else "right")
+    table.add_column("active")
+    for lv in view.levels:
+        table.add_row(
+            lv.location,
+            *(str(n) for n in (lv.on_hand, lv.reserved, lv.unavailable, lv.safety_stock)),
+            str(lv.available),
+            "yes" if lv.active else "no",
+        )
+    table.add_row(
+        "total (active)",
+        *(str(n) for n in (view.on_hand, view.reserved, view.unavailable, view.safety_stock)),
+        str(view.available),
+        "",
+    )
+    return table
+
+
+def _fail(exc: StockguardError) -> NoReturn:
+    err.print(f"[red]{exc.code}[/red]: {exc.detail}")
+    raise typer.Exit(1) from exc
+
+
+@stock_app.command("show")
+def stock_show(sku: Annotated[str, typer.Argument(help="the SKU code")]) -> None:
+    """Every level of a SKU: on hand, reserved, unavailable, safety stock, available."""
+    from stockguard.service.catalogue import get_sku
+
+    try:
+        view = _with_backends(lambda b: get_sku(b, sku))
+    except StockguardError as exc:
+        _fail(exc)
+    console.print(_levels_table(view))
+
+
+class AdjustReason(StrEnum):
+    received = "received"
+    correction = "correction"
+    cycle_count = "cycle_count"
+    damaged = "damaged"
+    shrinkage = "shrinkage"
+    restock = "restock"
+    other = "other"
+    quality_control = "quality_control"
+
+
+@stock_app.command("adjust")
+def stock_adjust(
+    sku: Annotated[str, typer.Argument(help="the SKU code")],
+    location: Annotated[str, typer.Argument(help="the location code")],
+    reason: Annotated[AdjustReason, typer.Option(help="why the stock changes")],
+    delta: Annotated[int | None, typer.Option(help="sellable units in (+) or out (-)")] = None,
+    set_on_hand: Annotated[int | None, typer.Option(help="the counted on_hand")] = None,
+    unavailable: Annotated[
+        int | None,
+        typer.Option(
+            help="units made unavailable (+, reason damaged or quality_control) or sellable "
+            "again (-, reason restock or correction); on_hand unchanged"
+        ),
+    ] = None,
+    from_unavailable: Annotated[
+        bool, typer.Option(help="with --delta < 0: write the units off from the unavailable")
+    ] = False,
+    expected_on_hand: Annotated[
+        int | None, typer.Option(help="refuse unless on_hand is this now (compare-and-set)")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="e.g. a count sheet or RMA")] = None,
+) -> None:
+    """Adjust one level, as POST /v1/skus/{sku}/adjustments does. Exit 1 when refused
+    (nothing changed)."""
+    from stockguard.service.catalogue import Adjustment, adjust_stock
+
+    adj = Adjustment(
+        sku,
+        location,
+        reason.value,
+        delta=delta,
+        set_on_hand=set_on_hand,
+        expected_on_hand=expected_on_hand,
+        reference=reference,
+        unavailable_delta=unavailable,
+        from_unavailable=from_unavailable,
+    )
+    try:
+        done = _with_backends(lambda b: adjust_stock(b, adj, "cli:operator"))
+    except StockguardError as exc:
+        _fail(exc)
+    console.print(
+        f"{sku} at {location}: on_hand {done.on_hand}, reserved {done.reserved}, "
+        f"unavailable {done.unavailable}, available {done.available}"
+    )
+
+
+@stock_app.command("set-safety")
+def stock_set_safety(
+    sku: Annotated[str, typer.Argument(help="the SKU code")],
+    location: Annotated[str, typer.Argument(help="the location code")],
+    safety_stock: Annotated[
+        int, typer.Argument(help="units kept back from sale there (0 to 1000000000)")
+    ],
+) -> None:
+    """Keep units of one level back from online sale (they stay on hand, reservations
+    never take them)."""
+    from stockguard.service.catalogue import set_safety_stock
+
+    try:
+        level, _ = _with_backends(
+            lambda b: set_safety_stock(b, sku, location, safety_stock, "cli:operator")
+        )
+    except StockguardError as exc:
+        _fail(exc)
+    console.print(
+        f"{sku} at {location}: safety stock {level.safety_stock}, available {level.available}"
+    )
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from stockguard.api.schemas import (
     ApiKeyIn,
     CancelIn,
     ChannelIn,
+    LevelIn,
     LocationIn,
     OrderIn,
     PaymentIn,
@@ -114,6 +115,10 @@ def _code_path(code: str) -> str:
     return _path(code, CODE_PATTERN, "code")
 
 
+def _location_path(location: str) -> str:
+    return _path(location, CODE_PATTERN, "location")
+
+
 def _order_path(order_id: str) -> str:
     return _path(order_id, ORDER_ID_PATTERN, "order_id")
 
@@ -122,6 +127,7 @@ def _order_path(order_id: str) -> str:
 # valid key learns nothing about its input (401/403 before 422).
 SkuPath = Annotated[str, Depends(_sku_path)]
 CodePath = Annotated[str, Depends(_code_path)]
+LocationPath = Annotated[str, Depends(_location_path)]
 OrderPath = Annotated[str, Depends(_order_path)]
 
 
@@ -210,23 +216,28 @@ async def get_channel(_key: Service, code: CodePath, b: B) -> Any:
     return _channel(await catalogue.get_channel(b, code))
 
 
+def _level(lv: catalogue.LevelView) -> dict[str, Any]:
+    return {
+        "location": lv.location,
+        "on_hand": lv.on_hand,
+        "reserved": lv.reserved,
+        "unavailable": lv.unavailable,
+        "safety_stock": lv.safety_stock,
+        "available": lv.available,
+        "active": lv.active,
+    }
+
+
 def _sku(view: SkuView) -> dict[str, Any]:
     return {
         "sku": view.sku,
         "name": view.name,
         "on_hand": view.on_hand,
         "reserved": view.reserved,
+        "unavailable": view.unavailable,
+        "safety_stock": view.safety_stock,
         "available": view.available,
-        "levels": [
-            {
-                "location": lv.location,
-                "on_hand": lv.on_hand,
-                "reserved": lv.reserved,
-                "available": lv.available,
-                "active": lv.active,
-            }
-            for lv in view.levels
-        ],
+        "levels": [_level(lv) for lv in view.levels],
     }
 
 
@@ -257,6 +268,8 @@ async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> Response
         set_on_hand=body.set_on_hand,
         expected_on_hand=body.expected_on_hand,
         reference=body.reference,
+        unavailable_delta=body.unavailable_delta,
+        from_unavailable=body.from_ == "unavailable",
     )
     return await answered(
         lambda: catalogue.adjust_stock(b, adjustment, actor(key)), lambda r: (201, _adjusted(r))
@@ -269,10 +282,23 @@ def _adjusted(result: catalogue.AdjustResult) -> dict[str, Any]:
         "location": result.location,
         "on_hand": result.on_hand,
         "reserved": result.reserved,
+        "unavailable": result.unavailable,
+        "safety_stock": result.safety_stock,
         "available": result.available,
         "on_hand_delta": result.on_hand_delta,
+        "unavailable_delta": result.unavailable_delta,
         "updated_at": ts(result.updated_at),
     }
+
+
+@router.put("/v1/skus/{sku}/levels/{location}", tags=["catalogue"])
+async def put_level(
+    key: Admin, sku: SkuPath, location: LocationPath, body: LevelIn, b: B
+) -> JSONResponse:
+    level, created = await catalogue.set_safety_stock(
+        b, sku, location, body.safety_stock, actor(key)
+    )
+    return _json({"sku": sku, **_level(level)}, 201 if created else 200)
 
 
 @router.get("/v1/availability", tags=["catalogue"])

@@ -22,6 +22,7 @@ __all__ = [
     "ApiKeyIn",
     "CancelIn",
     "ChannelIn",
+    "LevelIn",
     "LocationIn",
     "OrderIn",
     "PaymentIn",
@@ -72,18 +73,31 @@ class AdjustmentIn(Strict):
     location: Code
     delta: int | None = Field(default=None, ge=-BIG, le=BIG)
     set_on_hand: int | None = Field(default=None, ge=0, le=BIG)
+    unavailable_delta: int | None = Field(default=None, ge=-BIG, le=BIG)
+    from_: Literal["unavailable"] | None = Field(default=None, alias="from")
     reason: Literal[
-        "received", "correction", "cycle_count", "damaged", "shrinkage", "restock", "other"
+        "received",
+        "correction",
+        "cycle_count",
+        "damaged",
+        "shrinkage",
+        "restock",
+        "other",
+        "quality_control",
     ]
     expected_on_hand: int | None = Field(default=None, ge=0, le=BIG)
     reference: Annotated[str, StringConstraints(max_length=200)] | None = None
 
-    @field_validator("delta")
+    @field_validator("delta", "unavailable_delta")
     @classmethod
     def _moves_something(cls, delta: int | None) -> int | None:
         if delta == 0:  # would answer 201 and write nothing
             raise ValueError("must not be 0")
         return delta
+
+
+class LevelIn(Strict):
+    safety_stock: int = Field(ge=0, le=BIG)
 
 
 class OrderLineIn(Strict):

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from stockguard.store.db import Conn
+from stockguard.store.levels import AVAILABLE_SQL
 
 __all__ = [
     "Entry",
@@ -91,8 +92,8 @@ class SkuAvailability:
 async def load_availability(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAvailability]:
     """PostgreSQL's availability for these SKUs (active locations only), with versions."""
     rows = await conn.fetch(
-        """
-        SELECT l.sku, l.location, l.on_hand - l.reserved AS available, l.version, loc.active
+        f"""
+        SELECT l.sku, l.location, {AVAILABLE_SQL} AS available, l.version, loc.active
         FROM inventory_levels l JOIN locations loc ON loc.code = l.location
         WHERE l.sku = ANY($1::text[])
         """,
@@ -109,12 +110,12 @@ async def stamp_and_load(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAvaila
     write outranks all of theirs in Redis.
     """
     rows = await conn.fetch(
-        """
+        f"""
         WITH v AS (SELECT nextval('cache_version_seq') AS version)
         UPDATE inventory_levels l SET version = v.version
         FROM v, locations loc
         WHERE l.sku = ANY($1::text[]) AND loc.code = l.location
-        RETURNING l.sku, l.location, l.on_hand - l.reserved AS available, l.version, loc.active
+        RETURNING l.sku, l.location, {AVAILABLE_SQL} AS available, l.version, loc.active
         """,
         list(skus),
     )

@@ -15,6 +15,7 @@ __all__ = [
     "MovementReason",
     "OrderStatus",
     "ReservationStatus",
+    "available",
     "check_patch_transition",
     "is_fully_committed",
 ]
@@ -52,6 +53,12 @@ class MovementReason(StrEnum):
     SHRINKAGE = "shrinkage"
     RESTOCK = "restock"
     OTHER = "other"
+    QUALITY_CONTROL = "quality_control"
+    RETURNED = "returned"
+    RETURNED_DAMAGED = "returned_damaged"
+    TRANSFER_OUT = "transfer_out"
+    TRANSFER_IN = "transfer_in"
+    TRANSFER_CANCELLED = "transfer_cancelled"
 
 
 ADJUSTMENT_REASONS = frozenset(
@@ -128,3 +135,9 @@ def is_fully_committed(
             done[line_no] = done.get(line_no, 0) + quantity
     wanted = list(lines)
     return bool(wanted) and all(done.get(n, 0) >= q for n, q in wanted)
+
+
+def available(on_hand: int, reserved: int, unavailable: int = 0, safety_stock: int = 0) -> int:
+    """What may be sold from a level (DESIGN.md §10, invariant 1'): never the reserved,
+    unavailable or safety units, and never below zero."""
+    return max(0, on_hand - reserved - unavailable - safety_stock)

@@ -14,11 +14,11 @@ from stockguard.domain.errors import (
     StaleQuantity,
     ValidationFailed,
 )
-from stockguard.domain.model import ADJUSTMENT_REASONS
+from stockguard.domain.model import ADJUSTMENT_REASONS, MovementReason, available
 from stockguard.metrics import AVAILABILITY_READS
 from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
 from stockguard.store.db import Conn
-from stockguard.store.levels import Delta
+from stockguard.store.levels import AVAILABLE_SQL, Delta, LevelRow
 
 __all__ = [
     "Adjustment",
@@ -42,10 +42,12 @@ class LevelView:
     on_hand: int
     reserved: int
     active: bool
+    unavailable: int = 0
+    safety_stock: int = 0
 
     @property
     def available(self) -> int:
-        return self.on_hand - self.reserved
+        return available(self.on_hand, self.reserved, self.unavailable, self.safety_stock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +65,17 @@ class SkuView:
         return sum(lv.reserved for lv in self.levels if lv.active)
 
     @property
+    def unavailable(self) -> int:
+        return sum(lv.unavailable for lv in self.levels if lv.active)
+
+    @property
+    def safety_stock(self) -> int:
+        return sum(lv.safety_stock for lv in self.levels if lv.active)
+
+    @property
     def available(self) -> int:
-        return self.on_hand - self.reserved
+        """Summed per level: one level's safety stock never hides another's units."""
+        return sum(lv.available for lv in self.levels if lv.active)
 
 
 # ---------------------------------------------------------------- locations, channels
@@ -192,7 +203,8 @@ async def put_sku(
 async def _sku_views(conn: Conn, codes: Sequence[str]) -> list[SkuView]:
     rows = await conn.fetch(
         """
-        SELECT s.code, s.name, l.location, l.on_hand, l.reserved, loc.active
+        SELECT s.code, s.name, l.location, l.on_hand, l.reserved, l.unavailable,
+               l.safety_stock, loc.active
         FROM skus s
         LEFT JOIN inventory_levels l ON l.sku = s.code
         LEFT JOIN locations loc ON loc.code = l.location
@@ -205,7 +217,16 @@ async def _sku_views(conn: Conn, codes: Sequence[str]) -> list[SkuView]:
     for r in rows:
         view = views.setdefault(r["code"], SkuView(r["code"], r["name"]))
         if r["location"] is not None:
-            view.levels.append(LevelView(r["location"], r["on_hand"], r["reserved"], r["active"]))
+            view.levels.append(
+                LevelView(
+                    r["location"],
+                    r["on_hand"],
+                    r["reserved"],
+                    r["active"],
+                    r["unavailable"],
+                    r["safety_stock"],
+                )
+            )
     return [views[c] for c in codes if c in views]
 
 
@@ -235,6 +256,15 @@ async def list_skus(backends: Backends, limit: int, after: str | None) -> list[S
 
 @dataclass(frozen=True, slots=True)
 class Adjustment:
+    """One stock adjustment at one location, in one of its forms (API.md):
+
+    - ``delta`` / ``set_on_hand``: sellable units counted in or out;
+    - ``delta < 0`` with ``from_unavailable``: units written off from the unavailable ones
+      (``on_hand`` and ``unavailable`` both drop);
+    - ``unavailable_delta``: units moved between sellable and unavailable (``on_hand``
+      unchanged): ``damaged``/``quality_control`` for > 0, ``restock``/``correction`` < 0.
+    """
+
     sku: str
     location: str
     reason: str
@@ -242,6 +272,8 @@ class Adjustment:
     set_on_hand: int | None = None
     expected_on_hand: int | None = None
     reference: str | None = None
+    unavailable_delta: int | None = None
+    from_unavailable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,57 +284,149 @@ class AdjustResult:
     reserved: int
     on_hand_delta: int
     updated_at: datetime
+    unavailable: int = 0
+    safety_stock: int = 0
+    unavailable_delta: int = 0
 
     @property
     def available(self) -> int:
-        return self.on_hand - self.reserved
+        return available(self.on_hand, self.reserved, self.unavailable, self.safety_stock)
+
+
+_TO_UNAVAILABLE = frozenset({MovementReason.DAMAGED, MovementReason.QUALITY_CONTROL})
+_FROM_UNAVAILABLE = frozenset({MovementReason.RESTOCK, MovementReason.CORRECTION})
+
+
+def _check_form(adj: Adjustment) -> None:
+    forms = [adj.delta is not None, adj.set_on_hand is not None, adj.unavailable_delta is not None]
+    if sum(forms) != 1:
+        raise ValidationFailed("give exactly one of delta, set_on_hand and unavailable_delta")
+    reasons = {r.value for r in ADJUSTMENT_REASONS} | {MovementReason.QUALITY_CONTROL.value}
+    if adj.reason not in reasons:
+        raise ValidationFailed(f"unknown reason {adj.reason!r}")
+    if adj.delta == 0 or adj.unavailable_delta == 0:
+        raise ValidationFailed("an adjustment must move at least one unit")
+    if adj.from_unavailable and (adj.delta is None or adj.delta > 0):
+        raise ValidationFailed('"from": "unavailable" writes units off: it needs a delta < 0')
+    if adj.unavailable_delta is not None:
+        allowed = _TO_UNAVAILABLE if adj.unavailable_delta > 0 else _FROM_UNAVAILABLE
+        if adj.reason not in allowed:
+            raise ValidationFailed(
+                f"unavailable_delta {'> 0' if adj.unavailable_delta > 0 else '< 0'} takes "
+                f"reason {' or '.join(sorted(allowed))}"
+            )
+    elif adj.reason == MovementReason.QUALITY_CONTROL:
+        raise ValidationFailed("quality_control moves units to unavailable: unavailable_delta")
+
+
+def _delta(adj: Adjustment, level: LevelRow) -> Delta:
+    """The adjustment as a level delta, or InsufficientStock with nothing changed."""
+
+    def refuse(detail: str) -> InsufficientStock:
+        return InsufficientStock(
+            detail, on_hand=level.on_hand, reserved=level.reserved, unavailable=level.unavailable
+        )
+
+    if adj.unavailable_delta is not None:
+        moved = adj.unavailable_delta
+        sellable = level.on_hand - level.reserved - level.unavailable
+        if moved > sellable:
+            raise refuse(f"only {sellable} units can be made unavailable (the rest is reserved)")
+        if -moved > level.unavailable:
+            raise refuse(f"only {level.unavailable} units are unavailable")
+        return Delta(
+            adj.sku, adj.location, 0, 0, adj.reason, reference=adj.reference, unavailable=moved
+        )
+    if adj.from_unavailable:
+        assert adj.delta is not None
+        if -adj.delta > level.unavailable:
+            raise refuse(f"only {level.unavailable} units are unavailable")
+        return Delta(
+            adj.sku, adj.location, adj.delta, 0, adj.reason,
+            reference=adj.reference, unavailable=adj.delta,
+        )  # fmt: skip
+    new = level.on_hand + adj.delta if adj.delta is not None else adj.set_on_hand
+    assert new is not None
+    held = level.reserved + level.unavailable
+    if new < held:
+        raise refuse(
+            f"on_hand would be {new}, below the {level.reserved} units reserved and "
+            f"{level.unavailable} unavailable"
+        )
+    return Delta(adj.sku, adj.location, new - level.on_hand, 0, adj.reason, reference=adj.reference)
+
+
+async def _known(uow: UnitOfWork, sku: str, location: str) -> None:
+    found = await uow.conn.fetchrow(
+        "SELECT (SELECT 1 FROM skus WHERE code = $1) AS sku, "
+        "(SELECT 1 FROM locations WHERE code = $2) AS location",
+        sku,
+        location,
+    )
+    assert found is not None
+    if found["sku"] is None:
+        raise NotFound(f"sku {sku} not found")
+    if found["location"] is None:
+        raise ValidationFailed(f"unknown location {location!r}")
+
+
+async def apply_adjustment(uow: UnitOfWork, adj: Adjustment) -> AdjustResult:
+    """One adjustment inside the caller's transaction (the single route and the batch)."""
+    _check_form(adj)
+    await _known(uow, adj.sku, adj.location)
+    await uow.levels.ensure(adj.sku, adj.location)
+    level = (await uow.levels.lock([adj.sku]))[(adj.sku, adj.location)]
+    if adj.expected_on_hand is not None and adj.expected_on_hand != level.on_hand:
+        raise StaleQuantity(
+            f"on_hand is {level.on_hand}, not {adj.expected_on_hand}",
+            expected_on_hand=adj.expected_on_hand,
+            on_hand=level.on_hand,
+        )
+    delta = _delta(adj, level)
+    await uow.levels.apply([delta])
+    now: datetime = await uow.conn.fetchval("SELECT now()")
+    return AdjustResult(
+        adj.sku,
+        adj.location,
+        level.on_hand + delta.on_hand,
+        level.reserved,
+        delta.on_hand,
+        now,
+        level.unavailable + delta.unavailable,
+        level.safety_stock,
+        delta.unavailable,
+    )
 
 
 async def adjust_stock(backends: Backends, adj: Adjustment, actor: str) -> AdjustResult:
-    """Receive, count, damage or shrink stock at one location. ``on_hand`` never drops
-    below ``reserved``; ``expected_on_hand`` makes it a compare-and-set."""
-    if (adj.delta is None) == (adj.set_on_hand is None):
-        raise ValidationFailed("give exactly one of delta and set_on_hand")
-    if adj.reason not in {r.value for r in ADJUSTMENT_REASONS}:
-        raise ValidationFailed(f"unknown reason {adj.reason!r}")
+    """Receive, count, damage or shrink stock at one location, or move units between
+    sellable and unavailable. ``reserved + unavailable`` never exceed ``on_hand``;
+    ``expected_on_hand`` makes it a compare-and-set."""
+    _check_form(adj)
 
     async def body(uow: UnitOfWork) -> AdjustResult:
-        found = await uow.conn.fetchrow(
-            "SELECT (SELECT 1 FROM skus WHERE code = $1) AS sku, "
-            "(SELECT 1 FROM locations WHERE code = $2) AS location",
-            adj.sku,
-            adj.location,
-        )
-        assert found is not None
-        if found["sku"] is None:
-            raise NotFound(f"sku {adj.sku} not found")
-        if found["location"] is None:
-            raise ValidationFailed(f"unknown location {adj.location!r}")
-        await uow.levels.ensure(adj.sku, adj.location)
-        levels = await uow.levels.lock([adj.sku])
-        level = levels[(adj.sku, adj.location)]
-        if adj.expected_on_hand is not None and adj.expected_on_hand != level.on_hand:
-            raise StaleQuantity(
-                f"on_hand is {level.on_hand}, not {adj.expected_on_hand}",
-                expected_on_hand=adj.expected_on_hand,
-                on_hand=level.on_hand,
-            )
-        new = level.on_hand + adj.delta if adj.delta is not None else adj.set_on_hand
-        assert new is not None
-        if new < level.reserved:
-            raise InsufficientStock(
-                f"on_hand would be {new}, below the {level.reserved} units reserved",
-                on_hand=level.on_hand,
-                reserved=level.reserved,
-            )
-        change = new - level.on_hand
-        await uow.levels.apply(
-            [Delta(adj.sku, adj.location, change, 0, adj.reason, reference=adj.reference)]
-        )
-        now: datetime = await uow.conn.fetchval("SELECT now()")
-        return AdjustResult(adj.sku, adj.location, new, level.reserved, change, now)
+        return await apply_adjustment(uow, adj)
 
     return await run(backends, actor, body, operation="adjust_stock")
+
+
+async def set_safety_stock(
+    backends: Backends, sku: str, location: str, safety_stock: int, actor: str
+) -> tuple[LevelView, bool]:
+    """Keep ``safety_stock`` units of this level back from sale; returns the level and
+    whether it was created."""
+    if not 0 <= safety_stock <= 1_000_000_000:
+        raise ValidationFailed("safety_stock must be 0 to 1000000000")
+
+    async def body(uow: UnitOfWork) -> tuple[LevelView, bool]:
+        await _known(uow, sku, location)
+        created = await uow.levels.ensure(sku, location)
+        await uow.levels.lock([sku])
+        await uow.levels.set_safety_stock(sku, location, safety_stock)
+        (view,) = await _sku_views(uow.conn, [sku])
+        return next(lv for lv in view.levels if lv.location == location), created
+
+    return await run(backends, actor, body, operation="set_safety_stock")
 
 
 # ---------------------------------------------------------------- availability
@@ -348,7 +472,7 @@ async def availability(
     from_db: dict[str, dict[str, int]] = {}
     if missing:
         rows = await backends.pool.fetch(
-            "SELECT l.sku, l.location, l.on_hand - l.reserved AS available "
+            f"SELECT l.sku, l.location, {AVAILABLE_SQL} AS available "
             "FROM inventory_levels l JOIN locations loc ON loc.code = l.location "
             "WHERE l.sku = ANY($1::text[]) AND loc.active",
             missing,

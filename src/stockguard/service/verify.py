@@ -22,9 +22,9 @@ class Violation:
 CHECKS: tuple[tuple[int, str, str], ...] = (
     (
         1,
-        "reserved_within_on_hand",
-        "SELECT sku, location, on_hand, reserved FROM inventory_levels "
-        "WHERE NOT (0 <= reserved AND reserved <= on_hand)",
+        "level_states_within_on_hand",
+        "SELECT sku, location, on_hand, reserved, unavailable FROM inventory_levels "
+        "WHERE NOT (0 <= reserved AND 0 <= unavailable AND reserved + unavailable <= on_hand)",
     ),
     (
         2,
@@ -43,14 +43,17 @@ CHECKS: tuple[tuple[int, str, str], ...] = (
         "ledger_sums_equal_levels",
         """
         SELECT coalesce(l.sku, m.sku) AS sku, coalesce(l.location, m.location) AS location,
-               l.on_hand, l.reserved, m.on_hand AS ledger_on_hand, m.reserved AS ledger_reserved
+               l.on_hand, l.reserved, l.unavailable, m.on_hand AS ledger_on_hand,
+               m.reserved AS ledger_reserved, m.unavailable AS ledger_unavailable
         FROM inventory_levels l
         FULL JOIN (SELECT sku, location, sum(on_hand_delta) AS on_hand,
-                          sum(reserved_delta) AS reserved
+                          sum(reserved_delta) AS reserved,
+                          sum(unavailable_delta) AS unavailable
                    FROM stock_movements GROUP BY sku, location) m
           ON m.sku = l.sku AND m.location = l.location
         WHERE l.on_hand IS DISTINCT FROM coalesce(m.on_hand, 0)
            OR l.reserved IS DISTINCT FROM coalesce(m.reserved, 0)
+           OR l.unavailable IS DISTINCT FROM coalesce(m.unavailable, 0)
         """,
     ),
     (

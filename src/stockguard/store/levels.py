@@ -1,6 +1,7 @@
 """The one place that changes stock levels.
 
-Every change of ``on_hand`` or ``reserved`` goes through :class:`LevelWriter`: it locks
+Every change of ``on_hand``, ``reserved`` or ``unavailable`` goes through
+:class:`LevelWriter`: it locks
 levels in one fixed order (sku, location), applies summed deltas with a guarded set-based
 UPDATE (arithmetic in SQL, never read-modify-write in Python), writes one ledger row per
 delta and remembers which SKUs it touched so the cache can be synced before COMMIT.
@@ -15,9 +16,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from stockguard.domain.model import available
 from stockguard.store.db import Conn
 
-__all__ = ["Delta", "LevelGuardViolated", "LevelRow", "LevelWriter"]
+__all__ = ["AVAILABLE_SQL", "Delta", "LevelGuardViolated", "LevelRow", "LevelWriter"]
+
+# domain.model.available in SQL, over ``inventory_levels l``: the one formula PostgreSQL,
+# Redis, the availability reads and the events all use.
+AVAILABLE_SQL = "GREATEST(0, l.on_hand - l.reserved - l.unavailable - l.safety_stock)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +34,13 @@ class LevelRow:
     reserved: int
     location_priority: int
     active: bool
+    unavailable: int = 0
+    safety_stock: int = 0
 
     @property
     def available(self) -> int:
-        return self.on_hand - self.reserved
+        """What a reservation may take: never unavailable or safety units."""
+        return available(self.on_hand, self.reserved, self.unavailable, self.safety_stock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +53,7 @@ class Delta:
     order_id: str | None = None
     reservation_id: int | None = None
     reference: str | None = None
+    unavailable: int = 0
 
 
 class LevelGuardViolated(RuntimeError):
@@ -51,7 +61,7 @@ class LevelGuardViolated(RuntimeError):
 
 
 _LOCK_SQL = """
-SELECT l.sku, l.location, l.on_hand, l.reserved,
+SELECT l.sku, l.location, l.on_hand, l.reserved, l.unavailable, l.safety_stock,
        loc.priority AS location_priority, loc.active
 FROM inventory_levels l
 JOIN locations loc ON loc.code = l.location
@@ -64,24 +74,27 @@ _APPLY_SQL = """
 UPDATE inventory_levels l
 SET on_hand = l.on_hand + d.on_hand,
     reserved = l.reserved + d.reserved,
+    unavailable = l.unavailable + d.unavailable,
     updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])
-     AS d(sku, location, on_hand, reserved)
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $6::bigint[])
+     AS d(sku, location, on_hand, reserved, unavailable)
 WHERE l.sku = d.sku AND l.location = d.location
   AND l.reserved + d.reserved >= 0
-  AND l.on_hand + d.on_hand >= l.reserved + d.reserved
+  AND l.unavailable + d.unavailable >= 0
+  AND l.on_hand + d.on_hand >= l.reserved + d.reserved + l.unavailable + d.unavailable
   AND l.sku = ANY($5::text[])
 """
 
 _LEDGER_SQL = """
 INSERT INTO stock_movements
-    (sku, location, on_hand_delta, reserved_delta, reason, order_id, reservation_id, actor,
-     reference)
-SELECT d.sku, d.location, d.on_hand, d.reserved, d.reason, d.order_id, d.reservation_id, $9,
-       d.reference
+    (sku, location, on_hand_delta, reserved_delta, unavailable_delta, reason, order_id,
+     reservation_id, actor, reference)
+SELECT d.sku, d.location, d.on_hand, d.reserved, d.unavailable, d.reason, d.order_id,
+       d.reservation_id, $9, d.reference
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-            $7::bigint[], $8::text[])
-     AS d(sku, location, on_hand, reserved, reason, order_id, reservation_id, reference)
+            $7::bigint[], $8::text[], $10::bigint[])
+     AS d(sku, location, on_hand, reserved, reason, order_id, reservation_id, reference,
+          unavailable)
 """
 
 
@@ -93,6 +106,8 @@ def _row(r: asyncpg.Record) -> LevelRow:
         reserved=r["reserved"],
         location_priority=r["location_priority"],
         active=r["active"],
+        unavailable=r["unavailable"],
+        safety_stock=r["safety_stock"],
     )
 
 
@@ -122,31 +137,36 @@ class LevelWriter:
         rows = await self.conn.fetch(_LOCK_SQL.replace("FOR UPDATE OF l", ""), wanted)
         return {(r["sku"], r["location"]): _row(r) for r in rows}
 
-    async def ensure(self, sku: str, location: str) -> None:
-        """Create an empty level (nothing to record in the ledger: all zeros). A new level
-        is a new entry in the SKU's cached locations, so the SKU counts as touched."""
-        created = await self.conn.execute(
+    async def ensure(self, sku: str, location: str) -> bool:
+        """Create an empty level (nothing to record in the ledger: all zeros); returns
+        whether it was new. A new level is a new entry in the SKU's cached locations, so
+        the SKU counts as touched."""
+        result = await self.conn.execute(
             "INSERT INTO inventory_levels (sku, location) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             sku,
             location,
         )
-        if created.endswith(" 1"):
+        created = result.endswith(" 1")
+        if created:
             self.touched.add(sku)
+        return created
 
     async def apply(self, deltas: Sequence[Delta]) -> None:
         """Apply deltas to levels this transaction has locked, and write the ledger.
 
-        Raises LevelGuardViolated if any level would leave 0 <= reserved <= on_hand; the
+        Raises LevelGuardViolated if any level would leave 0 <= reserved, 0 <=
+        unavailable, reserved + unavailable <= on_hand; the
         caller's transaction then rolls back, so nothing is half-applied.
         """
-        deltas = [d for d in deltas if d.on_hand or d.reserved]
+        deltas = [d for d in deltas if d.on_hand or d.reserved or d.unavailable]
         if not deltas:
             return
         summed: dict[tuple[str, str], list[int]] = {}
         for d in deltas:
-            acc = summed.setdefault((d.sku, d.location), [0, 0])
+            acc = summed.setdefault((d.sku, d.location), [0, 0, 0])
             acc[0] += d.on_hand
             acc[1] += d.reserved
+            acc[2] += d.unavailable
         keys = sorted(summed)
         skus = sorted({k[0] for k in keys})
         result = await self.conn.execute(
@@ -156,6 +176,7 @@ class LevelWriter:
             [summed[k][0] for k in keys],
             [summed[k][1] for k in keys],
             skus,
+            [summed[k][2] for k in keys],
         )
         updated = int(result.rsplit(" ", 1)[-1])
         if updated != len(keys):
@@ -173,8 +194,21 @@ class LevelWriter:
             [d.reservation_id for d in deltas],
             [d.reference for d in deltas],
             self.actor,
+            [d.unavailable for d in deltas],
         )
         self.touched.update(skus)
+
+    async def set_safety_stock(self, sku: str, location: str, safety_stock: int) -> None:
+        """Units kept back from sale by policy: no unit moves (no ledger row), but what is
+        available changes, so the SKU counts as touched. Lock the SKU's levels first."""
+        await self.conn.execute(
+            "UPDATE inventory_levels SET safety_stock = $3, updated_at = now() "
+            "WHERE sku = $1 AND location = $2",
+            sku,
+            location,
+            safety_stock,
+        )
+        self.touched.add(sku)
 
     async def touch_all_at(self, skus: Iterable[str]) -> None:
         """Mark SKUs whose cached totals change without a level change (a location
