@@ -729,7 +729,8 @@ class StockMachine(RuleBasedStateMachine):
                 "SELECT id FROM orders WHERE id = ANY($1::text[]) ORDER BY created_at, id", due
             )
         )
-        self.runner.run(recover_paid_uncommitted(self.backends, limit=10_000))
+        done = self.runner.run(recover_paid_uncommitted(self.backends, limit=10_000))
+        assert done >= len(due)
         for r in rows:
             self.model.recover(r["id"])
 
@@ -986,6 +987,15 @@ class StockMachine(RuleBasedStateMachine):
                 [self.sku(s) for s in SKUS],
             )
             await assert_cache_parity(self.backends, sorted(r["sku"] for r in rows))
+            # What a shop reads: active locations only, as the model counts them.
+            for a in await catalogue.availability(self.backends, [self.sku(s) for s in SKUS]):
+                s = self._unsku(a.sku)
+                want = {
+                    self.loc(loc): self.model.on_hand[(s, loc)] - self.model.reserved[(s, loc)]
+                    for loc in LOCATIONS
+                    if self.model.active[loc] and (s, loc) in self.model.on_hand
+                }
+                assert (a.available, a.locations) == (sum(want.values()), want), (a, want)
 
         self.runner.run(check())
 
