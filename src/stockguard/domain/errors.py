@@ -128,6 +128,7 @@ class BatchRejected(StockguardError):
             f"{len(failed)} item(s) failed; nothing was applied",
             items=[{"index": i, "problem": problem_body(e)} for i, e in failed],
         )
+        self.failed = failed
 
 
 class InvalidSignature(StockguardError):
