@@ -333,3 +333,27 @@ async def test_compare_and_set_batch_racing_another_write_one_wins(
     assert await _levels(backends, [a]) == {(a, loc): (expected, 0, 0)}
     assert await _moves(backends, [a]) == 2
     await assert_cache_parity(backends, [a])
+
+
+async def test_a_rejected_batch_is_replayed_under_its_key_and_changes_nothing(
+    client: httpx.AsyncClient, backends: Backends, stock: Stocker, uid: str
+) -> None:
+    a, loc = f"A{uid}", f"w{uid}"
+    await stock({a: {loc: 10}})
+    moves = await _moves(backends, [a])
+    body = {
+        "items": [
+            {"sku": a, "location": loc, "delta": 2, "reason": "received"},
+            {"sku": a, "location": loc, "delta": -20, "reason": "shrinkage"},
+        ]
+    }
+    headers = {"Idempotency-Key": f"r{uid}"}
+    first = await client.post(URL, json=body, headers=headers)
+    again = await client.post(URL, json=body, headers=headers)
+    assert first.status_code == again.status_code == 409
+    assert first.content == again.content
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert [x["index"] for x in first.json()["items"]] == [1]
+    assert await _levels(backends, [a]) == {(a, loc): (10, 0, 0)}
+    assert await _moves(backends, [a]) == moves
+    await assert_cache_parity(backends, [a])
