@@ -781,7 +781,7 @@ class StockMachine(RuleBasedStateMachine):
             return self.op_adjust(
                 data.draw(st.sampled_from(SKUS)),
                 data.draw(st.sampled_from(LOCATIONS)),
-                data.draw(st.integers(-3, 4)),
+                data.draw(st.integers(-3, 4).filter(bool)),
             )
         if kind == "location":
             return self.op_location(data.draw(st.sampled_from(LOCATIONS)), data.draw(st.booleans()))

@@ -52,7 +52,7 @@ orders_app = typer.Typer(
 app.add_typer(orders_app, name="orders")
 stock_app = typer.Typer(
     help="Stock levels: show a SKU, adjust a level (sellable or unavailable units), set a "
-    "level's safety stock.",
+    "level's safety stock, import many adjustments from a CSV or JSON file.",
     no_args_is_help=True,
 )
 app.add_typer(stock_app, name="stock")
@@ -515,3 +515,8 @@ def stock_set_safety(
 
 def main() -> None:
     app()
+
+
+from stockguard import cli_bulk  # noqa: E402  (it uses the helpers above)
+
+cli_bulk.register(app, stock_app)

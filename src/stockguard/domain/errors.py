@@ -12,6 +12,7 @@
     ├── InsufficientStock              insufficient_stock      409
     ├── StaleQuantity                  stale_quantity          409
     ├── Conflict                       conflict                409
+    ├── BatchRejected                  batch_rejected          409
     │   └── PaymentReused              conflict                409
     ├── InvalidSignature               invalid_signature       400
     ├── PayloadTooLarge                payload_too_large       413
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "BatchRejected",
     "CacheUnavailable",
     "Conflict",
     "Forbidden",
@@ -43,6 +45,7 @@ __all__ = [
     "StockguardError",
     "Unauthorized",
     "ValidationFailed",
+    "problem_body",
 ]
 
 
@@ -115,6 +118,19 @@ class PaymentReused(Conflict):
         self.paid_order_id = paid_order_id
 
 
+class BatchRejected(StockguardError):
+    """An all_or_nothing batch with failed items: nothing of it was applied."""
+
+    code, status, title = "batch_rejected", 409, "Batch rejected"
+
+    def __init__(self, failed: list[tuple[int, StockguardError]]) -> None:
+        super().__init__(
+            f"{len(failed)} item(s) failed; nothing was applied",
+            items=[{"index": i, "problem": problem_body(e)} for i, e in failed],
+        )
+        self.failed = failed
+
+
 class InvalidSignature(StockguardError):
     code, status, title = "invalid_signature", 400, "Invalid signature"
 
@@ -146,3 +162,15 @@ class OutOfStock(StockguardError):
             ],
         )
         self.shortages = shortages
+
+
+def problem_body(exc: StockguardError) -> dict[str, Any]:
+    """The problem+json object of an error (RFC 9457), e.g. inside a batch's answer."""
+    return {
+        "type": f"https://stockguard.dev/problems/{exc.code}",
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "code": exc.code,
+        **exc.extra,
+    }
