@@ -10,6 +10,9 @@ import asyncpg
 import httpx
 import pytest
 
+from stockguard.domain.errors import ValidationFailed
+from stockguard.service import returns
+from stockguard.service.returns import ReturnRequest
 from stockguard.service.uow import Backends
 from tests.conftest import Stocker
 from tests.helpers import assert_cache_parity, assert_invariants
@@ -419,3 +422,19 @@ async def test_verify_names_returns_beyond_fulfilled_and_returns_not_in_the_ledg
         finally:
             await tx.rollback()
     await assert_invariants(backends.pool)
+
+
+async def test_the_contract_is_served_and_a_return_needs_a_line(
+    client: httpx.AsyncClient, backends: Backends, uid: str
+) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"post", "get"} <= set(paths["/v1/orders/{order_id}/returns"])
+    assert "post" in paths["/v1/orders/{order_id}/extend"]
+    with pytest.raises(ValidationFailed):
+        await returns.record_return(backends, ReturnRequest(f"r{uid}", f"o{uid}", ()), "t")
+    assert (
+        await backends.pool.fetchval(
+            "SELECT count(*) FROM order_returns WHERE return_id = $1", f"r{uid}"
+        )
+        == 0
+    )
