@@ -40,9 +40,10 @@ def test_cli_lists_an_order_s_returns(cli_env: CliRunner, servers: Servers, uid:
             await catalogue.put_location(own, loc, loc, 1, True, "t")
             await catalogue.put_sku(own, sku, sku)
             await catalogue.adjust_stock(
-                own, catalogue.Adjustment(sku, loc, "received", delta=3), "t"
+                own, catalogue.Adjustment(sku, loc, "received", delta=4), "t"
             )
             await orders.place_order(own, orders.PlaceOrder(oid, ((sku, 3),)), "t")
+            await orders.place_order(own, orders.PlaceOrder(f"p{uid}", ((sku, 1),)), "t")
             await orders.pay_order(own, oid, orders.PaymentProof("manual", f"p{oid}"), "t")
             for target in (OrderStatus.PROCESSING, OrderStatus.SHIPPED):
                 await orders.set_status(own, oid, target, "t")
@@ -65,6 +66,9 @@ def test_cli_lists_an_order_s_returns(cli_env: CliRunner, servers: Servers, uid:
     assert [cell.strip() for cell in row.split("│")[1:-1]][2:] == [
         sku, "2", "damaged", loc, "torn",
     ]  # fmt: skip
+    empty = cli_env.invoke(app, ["orders", "returns", f"p{uid}"])
+    assert empty.exit_code == 0, empty.output
+    assert f"no returns for order p{uid}" in empty.output
     none = cli_env.invoke(app, ["orders", "returns", f"x{uid}"])
     assert none.exit_code == 1
     assert "not_found" in none.output
