@@ -46,7 +46,7 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 orders_app = typer.Typer(
     help="Orders that need an operator: needs-review, paid-uncommitted, logs, recover, "
-    "resolve (docs/RUNBOOK.md).",
+    "resolve (docs/RUNBOOK.md); returns lists an order's returns.",
     no_args_is_help=True,
 )
 app.add_typer(orders_app, name="orders")
@@ -511,6 +511,16 @@ def stock_set_safety(
     console.print(
         f"{sku} at {location}: safety stock {level.safety_stock}, available {level.available}"
     )
+
+
+def _register_parts() -> None:
+    """Commands that live in modules of their own (issue 8's parts)."""
+    from stockguard.cli_returns import orders_returns
+
+    orders_app.command("returns")(orders_returns)
+
+
+_register_parts()
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from stockguard.domain.errors import ValidationFailed
 from stockguard.store.orders import OrderRecord
+from stockguard.store.returns import ReturnRecord
 
 __all__ = [
     "CODE_PATTERN",
@@ -32,6 +33,7 @@ __all__ = [
     "encode_cursor",
     "order_json",
     "page",
+    "return_json",
     "ts",
 ]
 
@@ -147,6 +149,24 @@ def ts(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def return_json(r: ReturnRecord) -> dict[str, Any]:
+    return {
+        "return_id": r.return_id,
+        "order_id": r.order_id,
+        "lines": [
+            {
+                "sku": ln.sku,
+                "quantity": ln.quantity,
+                "disposition": ln.disposition,
+                "location": ln.location,
+            }
+            for ln in r.lines
+        ],
+        "note": r.note,
+        "created_at": ts(r.created_at),
+    }
+
+
 def order_json(o: OrderRecord) -> dict[str, Any]:
     payment = (
         {"provider": o.payment_provider, "payment_id": o.payment_id, "paid_at": ts(o.paid_at)}
@@ -175,6 +195,7 @@ def order_json(o: OrderRecord) -> dict[str, Any]:
         "preferred_locations": o.preferred_locations,
         "allow_split": o.allow_split,
         "cancel_reason": o.cancel_reason,
+        "returns": [return_json(r) for r in o.returns],
         "created_at": ts(o.created_at),
         "updated_at": ts(o.updated_at),
     }

@@ -11,6 +11,8 @@
     ├── OrderNotDeletable              order_not_deletable     409
     ├── InsufficientStock              insufficient_stock      409
     ├── StaleQuantity                  stale_quantity          409
+    ├── ReturnExceedsFulfilled         return_exceeds_fulfilled 409
+    ├── ReservationExpired             reservation_expired     409
     ├── Conflict                       conflict                409
     ├── BatchRejected                  batch_rejected          409
     │   └── PaymentReused              conflict                409
@@ -40,6 +42,8 @@ __all__ = [
     "OutOfStock",
     "PayloadTooLarge",
     "PaymentReused",
+    "ReservationExpired",
+    "ReturnExceedsFulfilled",
     "Shortage",
     "StaleQuantity",
     "StockguardError",
@@ -100,6 +104,22 @@ class InsufficientStock(StockguardError):
 
 class StaleQuantity(StockguardError):
     code, status, title = "stale_quantity", 409, "Stale quantity"
+
+
+class ReturnExceedsFulfilled(StockguardError):
+    """More units returned than the order shipped (DESIGN.md §10, invariant 12)."""
+
+    code, status, title = "return_exceeds_fulfilled", 409, "Return exceeds fulfilled units"
+
+    def __init__(self, lines: list[tuple[str, int, int]]) -> None:
+        super().__init__(
+            "more units returned than fulfilled for " + ", ".join(sku for sku, _, _ in lines),
+            lines=[{"sku": s, "requested": r, "returnable": n} for s, r, n in lines],
+        )
+
+
+class ReservationExpired(StockguardError):
+    code, status, title = "reservation_expired", 409, "Reservation expired"
 
 
 class Conflict(StockguardError):

@@ -119,6 +119,35 @@ CHECKS: tuple[tuple[int, str, str], ...] = (
         """,
     ),
     (
+        12,
+        "returns_within_fulfilled",
+        """
+        SELECT l.order_id, l.sku, sum(l.quantity) AS returned, coalesce(f.units, 0) AS fulfilled
+        FROM order_return_lines l
+        LEFT JOIN (SELECT order_id, sku, sum(quantity) AS units FROM reservations
+                   WHERE status = 'fulfilled' GROUP BY order_id, sku) f
+          ON f.order_id = l.order_id AND f.sku = l.sku
+        GROUP BY l.order_id, l.sku, f.units
+        HAVING sum(l.quantity) > coalesce(f.units, 0)
+        """,
+    ),
+    (
+        12,
+        "returns_applied_once_in_the_ledger",
+        """
+        SELECT r.return_id, r.order_id, coalesce(l.units, 0) AS returned,
+               coalesce(m.units, 0) AS ledger
+        FROM order_returns r
+        LEFT JOIN (SELECT return_id, sum(quantity) AS units FROM order_return_lines
+                   GROUP BY return_id) l ON l.return_id = r.return_id
+        LEFT JOIN (SELECT reference, order_id, sum(on_hand_delta) AS units FROM stock_movements
+                   WHERE reason IN ('returned', 'returned_damaged')
+                   GROUP BY reference, order_id) m
+          ON m.reference = r.return_id AND m.order_id = r.order_id
+        WHERE coalesce(l.units, 0) <> coalesce(m.units, 0)
+        """,
+    ),
+    (
         9,
         "orders_are_soft_deleted_only",
         """

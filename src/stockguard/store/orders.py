@@ -12,6 +12,7 @@ import asyncpg
 
 from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus, is_fully_committed
 from stockguard.store.db import Conn
+from stockguard.store.returns import RETURNS_LATERAL, ReturnRecord, returns_from_json
 
 __all__ = [
     "ORDER_COLUMNS",
@@ -58,6 +59,7 @@ class OrderRecord:
     deleted_at: datetime | None
     lines: list[tuple[int, str, int]] = field(default_factory=list)
     reservations: list[ReservationRecord] = field(default_factory=list)
+    returns: list[ReturnRecord] = field(default_factory=list)
 
     @property
     def has_payment_proof(self) -> bool:
@@ -91,12 +93,12 @@ ORDER_COLUMNS = """
     o.created_at, o.updated_at, o.deleted_at
 """
 
-# An order with its lines and reservations in one statement, so in one snapshot: a read
+# An order with its lines, reservations and returns in one statement, so in one snapshot: a read
 # never shows a status with reservations from before or after it (invariant 16).
 _WHOLE = f"""
 SELECT {ORDER_COLUMNS}, l.line_nos, l.line_skus, l.line_quantities,
        r.ids, r.line_nos AS r_line_nos, r.skus, r.locations, r.quantities, r.statuses,
-       r.expires
+       r.expires, rt.returns
 FROM orders o
 LEFT JOIN LATERAL (
     SELECT array_agg(x.line_no ORDER BY x.line_no) AS line_nos,
@@ -114,7 +116,7 @@ LEFT JOIN LATERAL (
            array_agg(x.expires_at ORDER BY x.id) AS expires
     FROM reservations x WHERE x.order_id = o.id
 ) r ON true
-"""
+{RETURNS_LATERAL}"""
 
 _ORDER_FIELDS = (
     "id", "status", "channel", "preferred_locations", "allow_split", "reservation_ttl_seconds",
@@ -155,13 +157,14 @@ def _whole(row: asyncpg.Record) -> OrderRecord:
                 strict=True,
             )
         ]
+    order.returns = returns_from_json(order.id, row["returns"])
     return order
 
 
 async def load_order(
     conn: Conn, order_id: str, *, lock: bool = False, skip_locked: bool = False
 ) -> OrderRecord | None:
-    """The order with its lines and reservations, as of one moment.
+    """The order with its lines, reservations and returns, as of one moment.
 
     ``lock`` takes the order's row lock first, which every use case on one order takes
     before any other lock; the read is then a statement of its own, so under READ
