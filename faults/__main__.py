@@ -1,5 +1,5 @@
 """stockguard fault injection, a small Jepsen: ``python -m faults [--seed N] [--duration S]
-[--clients C] [--out FILE]``.
+[--clients C] [--fault-interval S] [--faults-per-kind K] [--baseline S] [--out FILE]``.
 
 Starts a fresh database (from the migrations) on the PostgreSQL server named by
 STOCKGUARD_DATABASE_URL, a redis-server of its own on a free loopback port, two API
@@ -41,19 +41,38 @@ from typing import Any
 from bench.env import check_local, fresh_database, run_guarded, wait_for_headroom
 from faults.checker import check, settle
 from faults.cluster import Timing, cluster
-from faults.history import OK, History
-from faults.nemesis import Nemesis, SpinWatch, plan
+from faults.history import AMBIGUOUS, OK, History
+from faults.nemesis import FAULT_INTERVAL_S, Nemesis, SpinWatch, plan
 from faults.report import summary
 from faults.workload import Workload, seed_catalogue
 from stockguard.logging import configure_logging
 
-__all__ = ["main", "parse_args", "run"]
+__all__ = ["main", "parse_args", "phases", "run"]
 
 SETTLE_PATIENCE_S = 20.0
 
 
 def progress(message: str) -> None:
     print(f"[faults] {message}", file=sys.stderr, flush=True)
+
+
+def phases(history: History, baseline_s: float, workload_s: float) -> dict[str, Any]:
+    """Throughput of the fault-free baseline and of the faulted rest, each operation in the
+    phase it started in (the last one's drain after the stop counts as faulted time)."""
+    out: dict[str, Any] = {}
+    for name, lo, hi in (("baseline", 0.0, baseline_s), ("faults", baseline_s, workload_s)):
+        mine = [o for o in history.ops if lo <= o.start < hi]
+        acked = sum(1 for o in mine if o.outcome == OK)
+        span = max(hi - lo, 1e-9)
+        out[name] = {
+            "seconds": round(hi - lo, 1),
+            "operations": len(mine),
+            "acknowledged": acked,
+            "ambiguous": sum(1 for o in mine if o.outcome == AMBIGUOUS),
+            "ops_per_s": round(len(mine) / span, 1),
+            "acknowledged_per_s": round(acked / span, 1),
+        }
+    return out
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -67,6 +86,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0,
                    help="seconds of workload under faults (default 60; at least 20)")  # fmt: skip
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--fault-interval", type=float, default=FAULT_INTERVAL_S,
+                   help="seconds between planned faults (default 3.5)")  # fmt: skip
+    p.add_argument("--faults-per-kind", type=int, default=2,
+                   help="plan at least this many faults of every kind (default 2)")  # fmt: skip
+    p.add_argument("--baseline", type=float, default=0.0, help="seconds of the same "
+                   "workload without faults first, reported apart (default 0)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the JSON document here")
     p.add_argument("--keep", action="store_true", help="keep the process logs (kept anyway "
                    "when a check fails)")  # fmt: skip
@@ -75,6 +100,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--duration must be at least 20 s (every fault kind twice)")
     if not 1 <= args.clients <= 64:
         p.error("--clients must be 1 to 64")
+    if not 0.5 <= args.fault_interval <= args.duration:
+        p.error("--fault-interval must be 0.5 s to --duration")
+    if args.faults_per_kind < 2:
+        p.error("--faults-per-kind must be at least 2")
+    if args.baseline < 0:
+        p.error("--baseline must not be negative")
     return args
 
 
@@ -97,6 +128,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": seed,
             "duration_s": args.duration,
             "clients": args.clients,
+            "fault_interval_s": args.fault_interval,
+            "faults_per_kind": args.faults_per_kind,
+            "baseline_s": args.baseline,
             "api_processes": 2,
             "timing": asdict(timing),
         },
@@ -117,14 +151,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workload = Workload(urls, admin_key, seed, run_id, history, timing.abandon_after_seconds)
         nemesis = Nemesis(c, workload.t0)
         watch = SpinWatch([*c.apis, c.worker])
-        schedule = plan(seed, args.duration, len(c.apis))
+        schedule = plan(
+            seed,
+            args.duration,
+            len(c.apis),
+            interval=args.fault_interval,
+            per_kind=args.faults_per_kind,
+            offset=args.baseline,
+        )
         stop = asyncio.Event()
+        if args.baseline:
+            progress(f"workload without faults for {args.baseline:.0f} s")
         progress(f"workload and {len(schedule)} faults for {args.duration:.0f} s")
         clients = asyncio.create_task(workload.run(args.clients, stop))
         faults = asyncio.create_task(nemesis.run(schedule, stop))
         watching = asyncio.create_task(watch.run(stop, workload.t0))
         try:
-            await asyncio.sleep(args.duration)
+            await asyncio.sleep(args.baseline + args.duration)
             stop.set()
             await faults
             await clients
@@ -160,11 +203,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     doc["throughput"] = {
         "operations": ops,
+        "acknowledged": acked,
         "attempts": sum(o.attempts for o in history.ops),
         "workload_s": round(workload_s, 1),
         "ops_per_s": round(ops / workload_s, 1),
         "acknowledged_per_s": round(acked / workload_s, 1),
     }
+    if args.baseline:
+        doc["throughput"]["phases"] = phases(history, args.baseline, workload_s)
     doc["faults"] = {
         "by_kind": nemesis.summary(),
         "skipped": len(schedule) - len(nemesis.faults),

@@ -33,13 +33,23 @@ from bench.driver import cpu_seconds
 from faults.cluster import Cluster, Process, connect
 from faults.workload import SKUS
 
-__all__ = ["FAULT_KINDS", "LIVENESS_S", "Fault", "Nemesis", "Planned", "SpinWatch", "plan"]
+__all__ = [
+    "FAULT_INTERVAL_S",
+    "FAULT_KINDS",
+    "LIVENESS_S",
+    "Fault",
+    "Nemesis",
+    "Planned",
+    "SpinWatch",
+    "plan",
+]
 
 FAULT_KINDS = ("kill_api", "kill_worker", "pg_terminate", "redis_restart", "redis_freeze")
 TARGETS = {"kill_worker": "worker", "pg_terminate": "postgres", "redis_restart": "redis",
            "redis_freeze": "redis"}  # fmt: skip
 LIVENESS_S = 10.0
 FIRST_FAULT_S = 2.0  # the workload runs unharmed this long first
+FAULT_INTERVAL_S = 3.5  # one planned fault per this many seconds of a long run
 
 
 @dataclass(frozen=True)
@@ -61,14 +71,29 @@ class Fault:
     note: dict[str, Any] = field(default_factory=dict)
 
 
-def plan(seed: int, duration: float, api_count: int) -> list[Planned]:
-    """Every kind at least twice, more faults as the run gets longer (one per ~3.5 s), at
-    jittered, evenly spread times. The first five are one of each kind (in a shuffled
-    order), so a run whose faults fall behind their times still injects every kind."""
+def plan(
+    seed: int,
+    duration: float,
+    api_count: int,
+    *,
+    interval: float = FAULT_INTERVAL_S,
+    per_kind: int = 2,
+    offset: float = 0.0,
+) -> list[Planned]:
+    """Every kind at least ``per_kind`` times, more faults as the run gets longer (one per
+    ``interval`` seconds of ``duration``), at jittered, evenly spread times. The first five
+    are one of each kind (in a shuffled order), so a run whose faults fall behind their
+    times still injects every kind. ``offset`` shifts the whole schedule (a fault-free
+    baseline phase runs first); the defaults are the short run's schedule."""
+    if per_kind < 2:
+        raise ValueError("per_kind must be at least 2")
+    if interval <= 0:
+        raise ValueError("interval must be positive")
     rng = random.Random(f"nemesis:{seed}")
-    n = max(2 * len(FAULT_KINDS), int(duration / 3.5))
+    n = max(per_kind * len(FAULT_KINDS), int(duration / interval))
     first = rng.sample(FAULT_KINDS, len(FAULT_KINDS))
-    rest = [*FAULT_KINDS, *(rng.choice(FAULT_KINDS) for _ in range(n - 2 * len(FAULT_KINDS)))]
+    floor = [*FAULT_KINDS] * (per_kind - 1)
+    rest = [*floor, *(rng.choice(FAULT_KINDS) for _ in range(n - len(floor) - len(first)))]
     rng.shuffle(rest)
     kinds = first + rest
     span = max(duration - FIRST_FAULT_S - 2.0, 1.0)
@@ -76,7 +101,7 @@ def plan(seed: int, duration: float, api_count: int) -> list[Planned]:
     out = []
     for i, kind in enumerate(kinds):
         hold = rng.uniform(1.0, 3.0) if kind == "redis_freeze" else rng.uniform(0.2, 1.0)
-        at = FIRST_FAULT_S + i * slot + rng.uniform(0, slot / 3)
+        at = offset + FIRST_FAULT_S + i * slot + rng.uniform(0, slot / 3)
         out.append(Planned(round(at, 2), kind, rng.randrange(api_count), round(hold, 2)))
     return out
 

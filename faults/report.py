@@ -23,8 +23,17 @@ def summary(doc: dict[str, Any]) -> str:
     t = doc["throughput"]
     out += [
         "",
-        f"throughput: {t['operations']} operations in {t['workload_s']} s = {t['ops_per_s']} "
+        f"throughput: {t['operations']} operations ({t.get('acknowledged', '?')} acknowledged) "
+        f"in {t['workload_s']} s = {t['ops_per_s']} "
         f"ops/s ({t['acknowledged_per_s']} acknowledged/s, {t['attempts']} attempts)",
+    ]
+    for name, ph in t.get("phases", {}).items():
+        out.append(
+            f"  {name:<9} {ph['operations']} operations in {ph['seconds']} s = "
+            f"{ph['ops_per_s']} ops/s ({ph['acknowledged_per_s']} acknowledged/s, "
+            f"{ph['ambiguous']} ambiguous)"
+        )
+    out += [
         "",
         f"{'fault':<15}{'injected':>9}{'missed':>8}{'recover mean':>14}{'max (s)':>9}",
     ]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from faults.__main__ import parse_args, phases
 from faults.checker import Row, Snapshot, check_history
 from faults.history import AMBIGUOUS, OK, OP_KINDS, REFUSED, History, Op
 from faults.nemesis import FAULT_KINDS, plan
+from faults.report import summary
 from faults.workload import INITIAL_ON_HAND, LOCATIONS, SEED_REFERENCE, SKUS
 from tests.conftest import Servers
 
@@ -41,6 +44,79 @@ def test_schedule_is_seeded_and_injects_every_kind_early() -> None:
     assert times[0] >= 2.0
     assert times[-1] < 40
     assert all(1.0 <= p.hold <= 3.0 for p in first if p.kind == "redis_freeze")
+
+
+def test_long_schedule_keeps_its_interval_and_every_kinds_floor() -> None:
+    """A long run plans one fault per --fault-interval and at least --faults-per-kind of
+    every kind, all after the fault-free baseline and before the end of the faulted phase."""
+    base = plan(5, 1200, 2)
+    assert len(base) == int(1200 / 3.5)
+    dense = plan(5, 1200, 2, interval=2.0, per_kind=60, offset=120)
+    assert len(dense) == 600
+    floor = plan(5, 400, 2, interval=3.5, per_kind=60, offset=120)
+    assert len(floor) == 300  # the floor wins over the interval
+    for schedule, offset, end in ((dense, 120, 1320), (floor, 120, 520)):
+        kinds = [p.kind for p in schedule]
+        assert all(kinds.count(k) >= 60 for k in FAULT_KINDS)
+        assert sorted(kinds[: len(FAULT_KINDS)]) == sorted(FAULT_KINDS)
+        times = [p.at for p in schedule]
+        assert times == sorted(times)
+        assert offset + 2.0 <= times[0]
+        assert times[-1] < end
+    assert plan(5, 40, 2, offset=100) == [
+        dataclasses.replace(p, at=round(p.at + 100, 2)) for p in plan(5, 40, 2)
+    ]
+    with pytest.raises(ValueError, match="per_kind"):
+        plan(5, 40, 2, per_kind=1)
+    with pytest.raises(ValueError, match="interval"):
+        plan(5, 40, 2, interval=0)
+
+
+def test_baseline_phase_is_reported_apart() -> None:
+    said = [(1.0, OK), (9.9, AMBIGUOUS), (10.0, OK), (25.0, REFUSED), (29.0, OK)]
+    ops = [Op(f"o{i}", "read", 0, "FLT-A", at, outcome=out) for i, (at, out) in enumerate(said)]
+    got = phases(History(ops), 10.0, 30.0)
+    assert got["baseline"] == {
+        "seconds": 10.0,
+        "operations": 2,
+        "acknowledged": 1,
+        "ambiguous": 1,
+        "ops_per_s": 0.2,
+        "acknowledged_per_s": 0.1,
+    }
+    assert got["faults"] == {
+        "seconds": 20.0,
+        "operations": 3,
+        "acknowledged": 2,
+        "ambiguous": 0,
+        "ops_per_s": 0.1,
+        "acknowledged_per_s": 0.1,
+    }
+    doc: dict[str, object] = {
+        "config": {"seed": 1, "duration_s": 20, "clients": 1, "api_processes": 2},
+        "run_id": "x",
+        "operations": {"by_kind": {"read": {OK: 3, REFUSED: 1, AMBIGUOUS: 1}}},
+        "throughput": {"operations": 5, "acknowledged": 3, "attempts": 5, "workload_s": 30.0,
+                       "ops_per_s": 0.2, "acknowledged_per_s": 0.1, "phases": got},
+        "faults": {"by_kind": {}, "skipped": 0},
+        "violations": [],
+    }  # fmt: skip
+    text = summary(doc)
+    assert (
+        "  baseline  2 operations in 10.0 s = 0.2 ops/s (0.1 acknowledged/s, 1 ambiguous)" in text
+    )
+    assert "  faults    3 operations in 20.0 s" in text
+    assert "5 operations (3 acknowledged)" in text
+
+
+def test_cli_refuses_a_schedule_it_cannot_keep() -> None:
+    assert (
+        parse_args(["--duration", "600", "--fault-interval", "2", "--baseline", "60"]).baseline
+        == 60
+    )
+    for bad in (["--fault-interval", "0.1"], ["--faults-per-kind", "1"], ["--baseline", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
 
 
 # ------------------------------------------------------------ the checker
