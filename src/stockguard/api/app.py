@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from stockguard import __version__
-from stockguard.api import recovery, webhooks
+from stockguard.api import recovery, transfers, webhooks
 from stockguard.api.auth import ADMIN, SERVICE, Authentication
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
@@ -61,6 +61,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.include_router(recovery.router)  # before routes: its paths are more specific
     app.include_router(router)
     app.include_router(webhooks.router)
+    app.include_router(transfers.router)
 
     def pool() -> asyncpg.Pool:
         b: Backends = app.state.backends

@@ -10,6 +10,7 @@
     ├── InvalidTransition              invalid_transition      409
     ├── OrderNotDeletable              order_not_deletable     409
     ├── InsufficientStock              insufficient_stock      409
+    ├── ReceiptExceedsInTransit        receipt_exceeds_in_transit 409
     ├── StaleQuantity                  stale_quantity          409
     ├── Conflict                       conflict                409
     │   └── PaymentReused              conflict                409
@@ -38,6 +39,7 @@ __all__ = [
     "OutOfStock",
     "PayloadTooLarge",
     "PaymentReused",
+    "ReceiptExceedsInTransit",
     "Shortage",
     "StaleQuantity",
     "StockguardError",
@@ -93,6 +95,12 @@ class OrderNotDeletable(StockguardError):
 
 class InsufficientStock(StockguardError):
     code, status, title = "insufficient_stock", 409, "Insufficient stock"
+
+
+class ReceiptExceedsInTransit(StockguardError):
+    """A transfer receipt for more units than are still in transit."""
+
+    code, status, title = "receipt_exceeds_in_transit", 409, "Receipt exceeds units in transit"
 
 
 class StaleQuantity(StockguardError):
