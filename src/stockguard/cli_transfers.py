@@ -61,10 +61,7 @@ def _lines(raw: list[str]) -> tuple[tuple[str, int], ...]:
 
 
 def _table(t: TransferRecord) -> Table:
-    table = Table(
-        title=f"transfer {t.id}: {t.from_location} -> {t.to_location}, {t.status.value}"
-        + (f" ({t.note})" if t.note else "")
-    )
+    table = Table()
     for column in ("sku", "quantity", "received", "cancelled", "in_transit"):
         table.add_column(column, justify="left" if column == "sku" else "right")
     for ln in t.lines:
@@ -75,10 +72,20 @@ def _table(t: TransferRecord) -> Table:
 
 
 def _show(t: TransferRecord) -> None:
+    note = f" ({t.note})" if t.note else ""
+    console.print(
+        f"transfer {t.id}: {t.from_location} -> {t.to_location}, {t.status.value}{note}",
+        soft_wrap=True,
+        markup=False,
+    )
     console.print(_table(t))
     for r in t.receipts:
         lines = ", ".join(f"{sku}={q}" for sku, q in r.lines)
-        console.print(f"receipt {r.receipt_id} at {str(r.created_at)[:19]} by {r.actor}: {lines}")
+        console.print(
+            f"receipt {r.receipt_id} at {str(r.created_at)[:19]} by {r.actor}: {lines}",
+            soft_wrap=True,
+            markup=False,
+        )
 
 
 @transfers_app.command("create")
