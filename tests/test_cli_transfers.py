@@ -101,6 +101,7 @@ def test_refusals_exit_1_and_change_nothing(cli: CliRunner, servers: Servers, ui
     base = ["transfers", "create", tid, "--from", src, "--to", dst]
     for args in (
         [*base, "--line", f"{sku}=4"],
+        [*base, "--line", f"{sku}=0"],
         [*base, "--line", f"{sku}=1", "--line", f"{sku}=1"],
         ["transfers", "create", tid, "--from", src, "--to", src, "--line", f"{sku}=1"],
         ["transfers", "show", f"N{uid}"],

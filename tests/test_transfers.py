@@ -600,3 +600,23 @@ async def test_verify_names_a_broken_invariant_13(
         finally:
             await tx.rollback()
     await assert_invariants(backends.pool)
+
+
+async def test_the_service_checks_lines_itself(backends: Backends, uid: str) -> None:
+    """Callers other than the API (the CLI) get the same limits on lines."""
+    from stockguard.domain.errors import ValidationFailed
+    from stockguard.service import transfers
+
+    for lines in ((), tuple((f"S{i}", 1) for i in range(501)), (("S", 1_000_001),)):
+        with pytest.raises(ValidationFailed):
+            await transfers.create_transfer(
+                backends, transfers.CreateTransfer(f"T{uid}", "a", "b", lines), "t"
+            )
+        with pytest.raises(ValidationFailed):
+            await transfers.receive_transfer(
+                backends, f"T{uid}", transfers.Receipt("R", lines), "t"
+            )
+    with pytest.raises(ValidationFailed, match="two different"):
+        await transfers.create_transfer(
+            backends, transfers.CreateTransfer(f"T{uid}", "a", "a", (("S", 1),)), "t"
+        )
