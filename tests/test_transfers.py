@@ -606,6 +606,7 @@ async def test_the_service_checks_lines_itself(backends: Backends, uid: str) -> 
     """Callers other than the API (the CLI) get the same limits on lines."""
     from stockguard.domain.errors import ValidationFailed
     from stockguard.service import transfers
+    from stockguard.service.transfers import CreateTransfer
 
     for lines in ((), tuple((f"S{i}", 1) for i in range(501)), (("S", 1_000_001),)):
         with pytest.raises(ValidationFailed):
@@ -616,6 +617,16 @@ async def test_the_service_checks_lines_itself(backends: Backends, uid: str) -> 
             await transfers.receive_transfer(
                 backends, f"T{uid}", transfers.Receipt("R", lines), "t"
             )
+    for bad in (
+        CreateTransfer("..", "a", "b", (("S", 1),)),
+        CreateTransfer("T", "a", "b", (("S", 1),), "n" * 501),
+    ):
+        with pytest.raises(ValidationFailed):
+            await transfers.create_transfer(backends, bad, "t")
+    with pytest.raises(ValidationFailed, match="receipt_id"):
+        await transfers.receive_transfer(
+            backends, "T", transfers.Receipt("x" * 65, (("S", 1),)), "t"
+        )
     with pytest.raises(ValidationFailed, match="two different"):
         await transfers.create_transfer(
             backends, transfers.CreateTransfer(f"T{uid}", "a", "a", (("S", 1),)), "t"

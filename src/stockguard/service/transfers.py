@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,9 @@ __all__ = [
 
 MAX_LINES = 500
 MAX_QUANTITY = 1_000_000
+MAX_NOTE = 500
+# Transfer and receipt ids: API.md's [A-Za-z0-9._:-]{1,64}, not only dots (path segments).
+_ID = re.compile(r"[A-Za-z0-9._:-]{0,63}[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,63}")
 
 
 class TransferStatus(StrEnum):
@@ -136,6 +140,11 @@ def _check_lines(lines: Sequence[tuple[str, int]]) -> None:
         seen.add(sku)
         if isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
             raise ValidationFailed(f"lines: quantity of {sku} must be 1 to {MAX_QUANTITY}")
+
+
+def _check_id(value: str, what: str) -> None:
+    if len(value) > 64 or not _ID.fullmatch(value):
+        raise ValidationFailed(f"{what}: 1 to 64 characters of A-Z a-z 0-9 . _ : -, not only dots")
 
 
 def _hash(body: dict[str, Any]) -> str:
@@ -254,7 +263,10 @@ async def _known(conn: Conn, req: CreateTransfer) -> None:
 async def create_transfer(backends: Backends, req: CreateTransfer, actor: str) -> Written:
     """Take the lines' units off ``from``: all or nothing. The same id with the same
     content answers the transfer as it is now; with other content, Conflict."""
+    _check_id(req.id, "id")
     _check_lines(req.lines)
+    if req.note is not None and len(req.note) > MAX_NOTE:
+        raise ValidationFailed(f"note: at most {MAX_NOTE} characters")
     if req.from_location == req.to_location:
         raise ValidationFailed("from and to must be two different locations")
     digest = transfer_hash(req)
@@ -323,6 +335,7 @@ async def receive_transfer(
 ) -> Written:
     """Put received units on hand at ``to``; a receipt id is applied once (the same one
     again answers the transfer, with other lines Conflict)."""
+    _check_id(receipt.receipt_id, "receipt_id")
     _check_lines(receipt.lines)
     digest = receipt_hash(receipt)
 
