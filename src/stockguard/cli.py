@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stockguard.cli_transfers import transfers_app
 from stockguard.config import Settings
 from stockguard.domain.errors import StockguardError
 from stockguard.logging import configure_logging, get_logger
@@ -56,6 +57,7 @@ stock_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(stock_app, name="stock")
+app.add_typer(transfers_app, name="transfers")
 
 
 def _settings() -> Settings:

@@ -10,6 +10,7 @@
     ├── InvalidTransition              invalid_transition      409
     ├── OrderNotDeletable              order_not_deletable     409
     ├── InsufficientStock              insufficient_stock      409
+    ├── ReceiptExceedsInTransit        receipt_exceeds_in_transit 409
     ├── StaleQuantity                  stale_quantity          409
     ├── ReturnExceedsFulfilled         return_exceeds_fulfilled 409
     ├── ReservationExpired             reservation_expired     409
@@ -42,6 +43,7 @@ __all__ = [
     "OutOfStock",
     "PayloadTooLarge",
     "PaymentReused",
+    "ReceiptExceedsInTransit",
     "ReservationExpired",
     "ReturnExceedsFulfilled",
     "Shortage",
@@ -100,6 +102,12 @@ class OrderNotDeletable(StockguardError):
 
 class InsufficientStock(StockguardError):
     code, status, title = "insufficient_stock", 409, "Insufficient stock"
+
+
+class ReceiptExceedsInTransit(StockguardError):
+    """A transfer receipt for more units than are still in transit."""
+
+    code, status, title = "receipt_exceeds_in_transit", 409, "Receipt exceeds units in transit"
 
 
 class StaleQuantity(StockguardError):

@@ -156,6 +156,69 @@ CHECKS: tuple[tuple[int, str, str], ...] = (
             AND tgenabled <> 'D')
         """,
     ),
+    (
+        13,
+        "transfer_ledger_matches_lines",
+        # Per transfer and SKU: what left `from`, arrived at `to` and went back to `from`
+        # in the ledger is the line's quantity, received and cancelled (so in_transit is
+        # what left minus what arrived or went back); any other transfer row is stray.
+        """
+        SELECT coalesce(l.transfer_id, m.reference) AS transfer_id,
+               coalesce(l.sku, m.sku) AS sku, l.quantity, l.received, l.cancelled,
+               l.in_transit, m.sent, m.arrived, m.returned, m.stray
+        FROM transfer_lines l
+        FULL JOIN (
+            SELECT s.reference, s.sku,
+                   -coalesce(sum(s.on_hand_delta) FILTER (WHERE s.reason = 'transfer_out'
+                             AND s.location = t.from_location), 0) AS sent,
+                   coalesce(sum(s.on_hand_delta) FILTER (WHERE s.reason = 'transfer_in'
+                            AND s.location = t.to_location), 0) AS arrived,
+                   coalesce(sum(s.on_hand_delta) FILTER (WHERE s.reason = 'transfer_cancelled'
+                            AND s.location = t.from_location), 0) AS returned,
+                   count(*) FILTER (WHERE t.id IS NULL OR s.reserved_delta <> 0
+                       OR s.unavailable_delta <> 0
+                       OR s.location <> CASE WHEN s.reason = 'transfer_in' THEN t.to_location
+                                             ELSE t.from_location END) AS stray
+            FROM stock_movements s LEFT JOIN transfers t ON t.id = s.reference
+            WHERE s.reason IN ('transfer_out', 'transfer_in', 'transfer_cancelled')
+            GROUP BY s.reference, s.sku) m
+          ON m.reference = l.transfer_id AND m.sku = l.sku
+        WHERE l.transfer_id IS NULL OR m.reference IS NULL OR m.stray > 0
+           OR m.sent <> l.quantity OR m.arrived <> l.received OR m.returned <> l.cancelled
+        """,
+    ),
+    (
+        13,
+        "units_conserved_with_transit",
+        # Σ on_hand + Σ in transit per SKU equals the sum of every movement that is not
+        # a transfer: transfers only move units between a level and the road.
+        """
+        SELECT s.code AS sku, coalesce(h.on_hand, 0) AS on_hand,
+               coalesce(r.in_transit, 0) AS in_transit, coalesce(m.outside, 0) AS ledger
+        FROM skus s
+        LEFT JOIN (SELECT sku, sum(on_hand) AS on_hand FROM inventory_levels GROUP BY sku) h
+          ON h.sku = s.code
+        LEFT JOIN (SELECT sku, sum(in_transit) AS in_transit FROM transfer_lines
+                   GROUP BY sku) r ON r.sku = s.code
+        LEFT JOIN (SELECT sku, sum(on_hand_delta) AS outside FROM stock_movements
+                   WHERE reason NOT IN ('transfer_out', 'transfer_in', 'transfer_cancelled')
+                   GROUP BY sku) m ON m.sku = s.code
+        WHERE coalesce(h.on_hand, 0) + coalesce(r.in_transit, 0) <> coalesce(m.outside, 0)
+        """,
+    ),
+    (
+        13,
+        "transfer_status_matches_lines",
+        """
+        SELECT t.id AS transfer_id, t.status, sum(l.in_transit) AS in_transit,
+               sum(l.cancelled) AS cancelled
+        FROM transfers t JOIN transfer_lines l ON l.transfer_id = t.id
+        GROUP BY t.id, t.status
+        HAVING (t.status = 'in_transit' AND sum(l.in_transit) = 0)
+            OR (t.status <> 'in_transit' AND sum(l.in_transit) <> 0)
+            OR (t.status = 'received' AND sum(l.cancelled) <> 0)
+        """,
+    ),
 )
 
 
