@@ -10,8 +10,9 @@ Checks on:
   limits' 413 and 431 count as refusals);
 - our own: every 4xx is RFC 9457 problem+json with the status in its body.
 
-Checks off, and why: the served OpenAPI declares no response schemas and only FastAPI's
-default statuses (200/201 and a 422 of ``application/json``), so ``status_code_conformance``,
+Checks off, and why: outside the version-2 routes (tests/test_openapi_v2.py) the served
+OpenAPI declares no response schemas and only FastAPI's default statuses (200/201 and a
+422 of ``application/json``), so ``status_code_conformance``,
 ``content_type_conformance``, ``response_schema_conformance`` and
 ``response_headers_conformance`` would fail on every documented 401/404/409 and on our
 problem+json 422; ``positive_data_acceptance`` would fail on every unknown id (404);

@@ -15,6 +15,7 @@ from stockguard.api.auth import ADMIN, SERVICE, Authentication
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.problems import install_handlers
+from stockguard.api.responses import install_problem_schema
 from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
@@ -58,6 +59,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         app.state.backends = backends
     app.state.settings = settings
     install_handlers(app)
+    install_problem_schema(app)
     app.include_router(recovery.router)  # before routes: its paths are more specific
     app.include_router(router)
     app.include_router(webhooks.router)

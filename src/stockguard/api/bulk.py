@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import Field, ValidationError
 
+from stockguard.api import responses as doc
 from stockguard.api.answers import answered
 from stockguard.api.routes import Admin, B, Limit, _id_cursor, actor
 from stockguard.api.schemas import (
@@ -89,7 +90,12 @@ def result_json(result: bulk.ItemResult) -> dict[str, Any]:
     return {"index": result.index, "status": "applied", "level": level_json(result.level)}
 
 
-@router.post("/v1/adjustments/batch", tags=["catalogue"])
+@router.post(
+    "/v1/adjustments/batch",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.documented({200: doc.BatchResult}, 403, 409, 422),
+)
 async def adjust_batch(key: Admin, body: BatchIn, b: B) -> Response:
     items = [adjustment_of(item) for item in body.items]
     policy = bulk.ErrorPolicy(body.error_policy)
@@ -147,7 +153,12 @@ def explanation_json(e: Explanation, limit: int) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/admin/explain", tags=["admin"])
+@router.get(
+    "/v1/admin/explain",
+    tags=["admin"],
+    response_model=None,
+    responses=doc.documented({200: doc.Explain}, 403, 404, 422),
+)
 async def explain_route(
     _key: Admin,
     b: B,

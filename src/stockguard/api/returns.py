@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import Field, StringConstraints
 from starlette.responses import Response
 
+from stockguard.api import responses as doc
 from stockguard.api.answers import answered
 from stockguard.api.routes import B, OrderPath, Service, actor
 from stockguard.api.schemas import (
@@ -45,7 +46,12 @@ class ExtendIn(Strict):
     reservation_ttl_seconds: int = Field(ge=1, le=86_400)
 
 
-@router.post("/v1/orders/{order_id}/returns", status_code=201)
+@router.post(
+    "/v1/orders/{order_id}/returns",
+    status_code=201,
+    response_model=None,
+    responses=doc.documented({201: doc.Return, 200: doc.Return}, 404, 409, 422),
+)
 async def post_return(key: Service, order_id: OrderPath, body: ReturnIn, b: B) -> Response:
     request = returns.ReturnRequest(
         return_id=body.return_id,
@@ -60,12 +66,20 @@ async def post_return(key: Service, order_id: OrderPath, body: ReturnIn, b: B) -
     )
 
 
-@router.get("/v1/orders/{order_id}/returns")
+@router.get(
+    "/v1/orders/{order_id}/returns",
+    response_model=None,
+    responses=doc.documented({200: doc.ReturnList}, 404, 422),
+)
 async def get_returns(_key: Service, order_id: OrderPath, b: B) -> Any:
     return {"items": [return_json(r) for r in await returns.list_returns(b, order_id)]}
 
 
-@router.post("/v1/orders/{order_id}/extend")
+@router.post(
+    "/v1/orders/{order_id}/extend",
+    response_model=None,
+    responses=doc.documented({200: doc.Order}, 404, 409, 422),
+)
 async def extend(key: Service, order_id: OrderPath, body: ExtendIn, b: B) -> Response:
     return await answered(
         lambda: returns.extend_hold(b, order_id, body.reservation_ttl_seconds, actor(key)),

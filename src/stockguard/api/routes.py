@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from stockguard.api import responses as doc
 from stockguard.api.answers import answered
 from stockguard.api.auth import api_key_of
 from stockguard.api.schemas import (
@@ -258,7 +259,13 @@ async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None)
     return page([_sku(v) for v in views], limit, views[-1].sku if views else None)
 
 
-@router.post("/v1/skus/{sku}/adjustments", tags=["catalogue"], status_code=201)
+@router.post(
+    "/v1/skus/{sku}/adjustments",
+    tags=["catalogue"],
+    status_code=201,
+    response_model=None,
+    responses=doc.documented({201: doc.AdjustmentResult}, 403, 404, 409, 422),
+)
 async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> Response:
     adjustment = catalogue.Adjustment(
         sku=sku,
@@ -291,7 +298,12 @@ def _adjusted(result: catalogue.AdjustResult) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/skus/{sku}/levels/{location}", tags=["catalogue"])
+@router.put(
+    "/v1/skus/{sku}/levels/{location}",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.documented({200: doc.Level, 201: doc.Level}, 403, 404, 422),
+)
 async def put_level(
     key: Admin, sku: SkuPath, location: LocationPath, body: LevelIn, b: B
 ) -> JSONResponse:

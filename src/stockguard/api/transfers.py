@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import Field, StringConstraints
 from starlette.responses import Response
 
+from stockguard.api import responses as doc
 from stockguard.api.answers import answered
 from stockguard.api.routes import Admin, After, B, Limit, actor, order_cursor
 from stockguard.api.schemas import (
@@ -97,7 +98,12 @@ def _written(w: transfers.Written) -> tuple[int, Any]:
     return (201 if w.created else 200), transfer_json(w.transfer)
 
 
-@router.post("/v1/transfers", status_code=201)
+@router.post(
+    "/v1/transfers",
+    status_code=201,
+    response_model=None,
+    responses=doc.documented({201: doc.Transfer, 200: doc.Transfer}, 403, 409, 422),
+)
 async def create_transfer(key: Admin, body: TransferIn, b: B) -> Response:
     req = transfers.CreateTransfer(
         id=body.id,
@@ -109,7 +115,12 @@ async def create_transfer(key: Admin, body: TransferIn, b: B) -> Response:
     return await answered(lambda: transfers.create_transfer(b, req, actor(key)), _written)
 
 
-@router.post("/v1/transfers/{transfer_id}/receipts", status_code=201)
+@router.post(
+    "/v1/transfers/{transfer_id}/receipts",
+    status_code=201,
+    response_model=None,
+    responses=doc.documented({201: doc.Transfer, 200: doc.Transfer}, 403, 404, 409, 422),
+)
 async def receive_transfer(
     key: Admin, transfer_id: TransferPath, body: ReceiptIn, b: B
 ) -> Response:
@@ -121,7 +132,11 @@ async def receive_transfer(
     )
 
 
-@router.post("/v1/transfers/{transfer_id}/cancel")
+@router.post(
+    "/v1/transfers/{transfer_id}/cancel",
+    response_model=None,
+    responses=doc.documented({200: doc.Transfer}, 403, 404, 409, 422),
+)
 async def cancel_transfer(key: Admin, transfer_id: TransferPath, b: B) -> Response:
     return await answered(
         lambda: transfers.cancel_transfer(b, transfer_id, actor(key)),
@@ -129,12 +144,20 @@ async def cancel_transfer(key: Admin, transfer_id: TransferPath, b: B) -> Respon
     )
 
 
-@router.get("/v1/transfers/{transfer_id}")
+@router.get(
+    "/v1/transfers/{transfer_id}",
+    response_model=None,
+    responses=doc.documented({200: doc.Transfer}, 403, 404, 422),
+)
 async def get_transfer(_key: Admin, transfer_id: TransferPath, b: B) -> Any:
     return transfer_json(await transfers.get_transfer(b, transfer_id))
 
 
-@router.get("/v1/transfers")
+@router.get(
+    "/v1/transfers",
+    response_model=None,
+    responses=doc.documented({200: doc.TransferPage}, 403, 422),
+)
 async def list_transfers(
     _key: Admin,
     b: B,
