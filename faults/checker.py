@@ -10,10 +10,19 @@ Then, over one snapshot of the database and the history:
 
 - ``GET /v1/admin/verify`` is clean; every level's ledger sums equal the level;
 - Redis equals PostgreSQL (``POST /v1/admin/cache/reconcile`` with ``repair: false``);
-- per SKU, stock is conserved: Σ on_hand = initial + applied adjustments - fulfilled
-  units, where every adjustment ledger row names its operation (``reference``) and an
+- per SKU, stock is conserved: Σ on_hand + Σ units in transit = initial + applied
+  adjustments - fulfilled units + returned units, where every adjustment ledger row
+  (on_hand, unavailable moves, write-offs) names its operation (``reference``) and an
   acknowledged adjustment was applied exactly once, a refused one never and an
-  ambiguous one at most once;
+  ambiguous one at most once; returns and transfers are decided from their tables;
+- a level's safety stock is one a PUT asked for (the last acknowledged, or one that
+  may have landed after it);
+- each return is applied once (its ledger rows are its lines), only if asked for, with
+  the lines asked, and an order's returned units never exceed its fulfilled ones;
+- each transfer exists only if asked for, with its lines; each receipt is applied once
+  (the receipts add up to each line's ``received`` and to its ``transfer_in`` rows),
+  only if asked for; units go back on cancel only if a cancel was asked for, and every
+  acknowledged receipt and cancel is there;
 - no reservation gave its units back twice (one ``release``/``expire`` row at most);
 - every acknowledged order exists with its lines, and no order exists that nobody
   placed; every acknowledged cancel left its order cancelled, every acknowledged delete
