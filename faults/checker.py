@@ -10,10 +10,19 @@ Then, over one snapshot of the database and the history:
 
 - ``GET /v1/admin/verify`` is clean; every level's ledger sums equal the level;
 - Redis equals PostgreSQL (``POST /v1/admin/cache/reconcile`` with ``repair: false``);
-- per SKU, stock is conserved: Σ on_hand = initial + applied adjustments - fulfilled
-  units, where every adjustment ledger row names its operation (``reference``) and an
+- per SKU, stock is conserved: Σ on_hand + Σ units in transit = initial + applied
+  adjustments - fulfilled units + returned units, where every adjustment ledger row
+  (on_hand, unavailable moves, write-offs) names its operation (``reference``) and an
   acknowledged adjustment was applied exactly once, a refused one never and an
-  ambiguous one at most once;
+  ambiguous one at most once; returns and transfers are decided from their tables;
+- a level's safety stock is one a PUT asked for (the last acknowledged, or one that
+  may have landed after it);
+- each return is applied once (its ledger rows are its lines), only if asked for, with
+  the lines asked, and an order's returned units never exceed its fulfilled ones;
+- each transfer exists only if asked for, with its lines; each receipt is applied once
+  (the receipts add up to each line's ``received`` and to its ``transfer_in`` rows),
+  only if asked for; units go back on cancel only if a cancel was asked for, and every
+  acknowledged receipt and cancel is there;
 - no reservation gave its units back twice (one ``release``/``expire`` row at most);
 - every acknowledged order exists with its lines, and no order exists that nobody
   placed; every acknowledged cancel left its order cancelled, every acknowledged delete
@@ -28,6 +37,7 @@ Then, over one snapshot of the database and the history:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -41,7 +51,11 @@ from faults.workload import SEED_REFERENCE, SKUS
 
 __all__ = ["Row", "Snapshot", "check", "check_history", "settle", "snapshot"]
 
-ADJUSTMENT_REASONS = ("received", "shrinkage", "damaged")
+ADJUSTMENT_REASONS = ("received", "shrinkage", "damaged", "quality_control", "restock",
+                      "correction")  # fmt: skip
+ADJUSTMENT_KINDS = ("adjust", "unavailable", "write_off")
+RETURN_REASONS = ("returned", "returned_damaged")
+TRANSFER_REASONS = ("transfer_out", "transfer_in", "transfer_cancelled")
 GIVE_BACK = ("release", "expire")
 MAYBE = (OK, AMBIGUOUS)
 Row = dict[str, Any]
@@ -152,20 +166,32 @@ async def snapshot(database_url: str) -> Snapshot:
         "FROM orders",
         "lines": "SELECT order_id, sku, quantity FROM order_lines",
         "reservations": "SELECT id, order_id, sku, location, quantity, status FROM reservations",
-        "movements": "SELECT id, sku, location, on_hand_delta, reserved_delta, reason, "
-        "order_id, reservation_id, actor, reference FROM stock_movements ORDER BY id",
+        "movements": "SELECT id, sku, location, on_hand_delta, reserved_delta, "
+        "unavailable_delta, reason, order_id, reservation_id, actor, reference "
+        "FROM stock_movements ORDER BY id",
         "logs": "SELECT id, order_id, action, actor FROM order_inventory_logs ORDER BY id",
-        "levels": "SELECT sku, location, on_hand, reserved FROM inventory_levels",
+        "levels": "SELECT sku, location, on_hand, reserved, unavailable, safety_stock "
+        "FROM inventory_levels",
+        "returns": "SELECT return_id, order_id FROM order_returns",
+        "return_lines": "SELECT return_id, order_id, sku, location, quantity, disposition "
+        "FROM order_return_lines",
+        "transfers": "SELECT id, from_location, to_location, status FROM transfers",
+        "transfer_lines": "SELECT transfer_id, sku, quantity, received, cancelled, in_transit "
+        "FROM transfer_lines",
+        "receipts": "SELECT transfer_id, receipt_id, lines::text AS lines FROM transfer_receipts",
     }
     conn = await connect(database_url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            return {
+            db = {
                 name: [dict(r.items()) for r in await conn.fetch(sql)]
                 for name, sql in queries.items()
             }
     finally:
         await conn.close()
+    for r in db["receipts"]:
+        r["lines"] = [list(pair) for pair in json.loads(r["lines"])]
+    return db
 
 
 async def check(
@@ -187,6 +213,11 @@ async def check(
         "orders_deleted": sum(1 for r in db["orders"] if r["deleted_at"] is not None),
         "reservations_by_status": dict(Counter(r["status"] for r in db["reservations"])),
         "movements": len(db["movements"]),
+        "returns": len(db["returns"]),
+        "returned_units": sum(r["quantity"] for r in db["return_lines"]),
+        "transfers_by_status": dict(Counter(r["status"] for r in db["transfers"])),
+        "transfer_receipts": len(db["receipts"]),
+        "in_transit_units": sum(r["in_transit"] for r in db["transfer_lines"]),
         "inventory_logs": len(db["logs"]),
         "verify_violations": len(verified["violations"]),
     }
@@ -203,24 +234,31 @@ def check_history(db: Snapshot, history: History, initial: dict[str, int]) -> li
         *_check_levels(db, history, initial),
         *_check_orders(db, orders, lines, history),
         *_check_paid_releases(db, orders, history),
+        *_check_safety_stock(db, history),
+        *_check_returns(db, history),
+        *_check_transfers(db, history),
     ]
 
 
 def _check_levels(db: Snapshot, history: History, initial: dict[str, int]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    ledger: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    ledger: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for m in db["movements"]:
-        ledger[(m["sku"], m["location"])][0] += m["on_hand_delta"]
-        ledger[(m["sku"], m["location"])][1] += m["reserved_delta"]
+        sums = ledger[(m["sku"], m["location"])]
+        sums[0] += m["on_hand_delta"]
+        sums[1] += m["reserved_delta"]
+        sums[2] += m.get("unavailable_delta", 0)
     on_hand: Counter[str] = Counter()
     for lv in db["levels"]:
         on_hand[lv["sku"]] += lv["on_hand"]
-        if ledger[(lv["sku"], lv["location"])] != [lv["on_hand"], lv["reserved"]]:
+        level = [lv["on_hand"], lv["reserved"], lv.get("unavailable", 0)]
+        if ledger[(lv["sku"], lv["location"])] != level:
             out.append(_violation("ledger_sums_equal_levels", sku=lv["sku"],
-                                  location=lv["location"], level=[lv["on_hand"], lv["reserved"]],
+                                  location=lv["location"], level=level,
                                   ledger=ledger[(lv["sku"], lv["location"])]))  # fmt: skip
-    # Adjustments: each ledger row names its operation; applied once at most.
-    adjust_ops = {o.id: o for o in history.of("adjust")}
+    # Adjustments (on_hand, unavailable moves, write-offs): each ledger row names its
+    # operation; applied once at most.
+    adjust_ops = {o.id: o for k in ADJUSTMENT_KINDS for o in history.of(k)}
     applied: Snapshot = defaultdict(list)
     for m in db["movements"]:
         if m["reason"] in ADJUSTMENT_REASONS and m["reference"] != SEED_REFERENCE:
@@ -236,15 +274,18 @@ def _check_levels(db: Snapshot, history: History, initial: dict[str, int]) -> li
         if op.outcome == REFUSED:
             out.append(_violation("refused_adjustment_applied", op=ref, code=op.code))
         m = rows[0]
-        if (m["sku"], m["location"], m["on_hand_delta"]) != (
-            op.target, op.detail["location"], op.detail["delta"]
-        ):  # fmt: skip
-            out.append(_violation("adjustment_differs", op=ref, row=dict(m.items())))
-    for op in history.of("adjust", OK):
+        got = (m["sku"], m["location"], m["on_hand_delta"], m.get("unavailable_delta", 0))
+        want = (op.target, op.detail["location"], op.detail["delta"],
+                op.detail.get("unavailable", 0))  # fmt: skip
+        if got != want:
+            out.append(_violation("adjustment_differs", op=ref, kind=op.kind,
+                                  row=dict(m.items())))  # fmt: skip
+    for op in (o for k in ADJUSTMENT_KINDS for o in history.of(k, OK)):
         if op.id not in applied:
-            out.append(_violation("acknowledged_adjustment_missing", op=op.id,
+            out.append(_violation("acknowledged_adjustment_missing", op=op.id, kind=op.kind,
                                   sku=op.target, delta=op.detail["delta"]))  # fmt: skip
-    # Conservation: initial + applied adjustments - fulfilled units = on_hand now.
+    # Conservation: Σ on_hand + Σ in transit = initial + applied adjustments - fulfilled
+    # units + returned units (the returns' own rows, checked against the ledger below).
     seeded: Counter[str] = Counter()
     adjusted: Counter[str] = Counter()
     for m in db["movements"]:
@@ -255,12 +296,20 @@ def _check_levels(db: Snapshot, history: History, initial: dict[str, int]) -> li
     for r in db["reservations"]:
         if r["status"] == "fulfilled":
             fulfilled[r["sku"]] += r["quantity"]
+    returned: Counter[str] = Counter()
+    for r in db.get("return_lines", []):
+        returned[r["sku"]] += r["quantity"]
+    in_transit: Counter[str] = Counter()
+    for r in db.get("transfer_lines", []):
+        in_transit[r["sku"]] += r["in_transit"]
     for sku in SKUS:
-        expected = initial[sku] + adjusted[sku] - fulfilled[sku]
-        if on_hand[sku] != expected or seeded[sku] != initial[sku]:
+        expected = initial[sku] + adjusted[sku] - fulfilled[sku] + returned[sku]
+        held = on_hand[sku] + in_transit[sku]
+        if held != expected or seeded[sku] != initial[sku]:
             out.append(_violation("stock_conserved", sku=sku, on_hand=on_hand[sku],
-                                  initial=initial[sku], seeded=seeded[sku],
-                                  adjusted=adjusted[sku], fulfilled=fulfilled[sku],
+                                  in_transit=in_transit[sku], initial=initial[sku],
+                                  seeded=seeded[sku], adjusted=adjusted[sku],
+                                  fulfilled=fulfilled[sku], returned=returned[sku],
                                   expected=expected))  # fmt: skip
     # Restore at most once: one give-back row per reservation.
     give_backs = Counter(m["reservation_id"] for m in db["movements"] if m["reason"] in GIVE_BACK)
@@ -359,4 +408,171 @@ def _check_paid_releases(
         elif lg["action"] == "EXPIRED" and oid in committed_at:
             out.append(_violation("paid_order_expired", order=oid, log_id=lg["id"],
                                   actor=lg["actor"]))  # fmt: skip
+    return out
+
+
+def _check_safety_stock(db: Snapshot, history: History) -> list[dict[str, Any]]:
+    """A level's safety stock is the last acknowledged PUT's, or one of a PUT that may have
+    run after it (overlapping it, or ambiguous); 0 if no PUT was acknowledged."""
+    out: list[dict[str, Any]] = []
+    puts: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    for op in history.of("safety_stock"):
+        if op.outcome in MAYBE:
+            puts[(op.target, op.detail["location"])].append(op)
+    for lv in db["levels"]:
+        ops = puts.get((lv["sku"], lv["location"]), [])
+        acked = [o for o in ops if o.outcome == OK]
+        last = max(acked, key=lambda o: o.end, default=None)
+        if last is None:
+            allowed = {0} | {o.detail["safety_stock"] for o in ops}
+        else:
+            allowed = {last.detail["safety_stock"]} | {
+                o.detail["safety_stock"]
+                for o in ops
+                if o is not last and (o.outcome == AMBIGUOUS or o.end > last.start)
+            }
+        if lv.get("safety_stock", 0) not in allowed:
+            out.append(_violation("safety_stock_lost", sku=lv["sku"], location=lv["location"],
+                                  safety_stock=lv.get("safety_stock", 0),
+                                  allowed=sorted(allowed),
+                                  last_acknowledged=last and last.id))  # fmt: skip
+    return out
+
+
+def _check_returns(db: Snapshot, history: History) -> list[dict[str, Any]]:
+    """Each return applied once (its ledger rows are its lines), only if asked, never
+    beyond what its order fulfilled."""
+    out: list[dict[str, Any]] = []
+    ops = {o.detail["return_id"]: o for o in history.of("return")}
+    stored = {r["return_id"]: r for r in db.get("returns", [])}
+    lines: dict[str, Counter[tuple[str, str, int, int]]] = defaultdict(Counter)
+    asked: dict[str, Counter[tuple[str, int, str]]] = defaultdict(Counter)
+    per_order: dict[tuple[str, str], int] = defaultdict(int)
+    for r in db.get("return_lines", []):
+        damaged = r["quantity"] if r["disposition"] == "damaged" else 0
+        lines[r["return_id"]][(r["sku"], r["location"], r["quantity"], damaged)] += 1
+        asked[r["return_id"]][(r["sku"], r["quantity"], r["disposition"])] += 1
+        per_order[(r["order_id"], r["sku"])] += r["quantity"]
+    ledger: dict[str, Counter[tuple[str, str, int, int]]] = defaultdict(Counter)
+    for m in db["movements"]:
+        if m["reason"] in RETURN_REASONS:
+            key = (m["sku"], m["location"], m["on_hand_delta"], m.get("unavailable_delta", 0))
+            ledger[m["reference"]][key] += 1
+    for rid in sorted(set(ledger) | set(stored)):
+        if ledger[rid] != lines[rid]:
+            out.append(_violation("return_applied_once", return_id=rid,
+                                  ledger_rows=sum(ledger[rid].values()),
+                                  return_lines=sum(lines[rid].values()),
+                                  ledger=sorted(ledger[rid].elements()),
+                                  lines=sorted(lines[rid].elements())))  # fmt: skip
+        op = ops.get(rid)
+        if rid not in stored:
+            continue
+        if op is None or op.target != stored[rid]["order_id"]:
+            out.append(_violation("return_without_request", return_id=rid,
+                                  order=stored[rid]["order_id"]))  # fmt: skip
+            continue
+        if op.outcome == REFUSED:
+            out.append(_violation("refused_return_applied", op=op.id, return_id=rid,
+                                  code=op.code))  # fmt: skip
+        want = Counter((ln["sku"], ln["quantity"], ln["disposition"]) for ln in op.detail["lines"])
+        if asked[rid] != want:
+            out.append(_violation("return_differs", op=op.id, return_id=rid,
+                                  asked=sorted(want.elements()),
+                                  stored=sorted(asked[rid].elements())))  # fmt: skip
+    for op in history.of("return", OK):
+        if op.detail["return_id"] not in stored:
+            out.append(_violation("acknowledged_return_missing", op=op.id, order=op.target,
+                                  return_id=op.detail["return_id"]))  # fmt: skip
+    fulfilled: Counter[tuple[str, str]] = Counter()
+    for r in db["reservations"]:
+        if r["status"] == "fulfilled":
+            fulfilled[(r["order_id"], r["sku"])] += r["quantity"]
+    for (oid, sku), n in sorted(per_order.items()):
+        if n > fulfilled[(oid, sku)]:
+            out.append(_violation("returned_beyond_fulfilled", order=oid, sku=sku,
+                                  returned=n, fulfilled=fulfilled[(oid, sku)]))  # fmt: skip
+    return out
+
+
+def _check_transfers(db: Snapshot, history: History) -> list[dict[str, Any]]:
+    """Transfers exist only if asked, with their lines; each receipt is applied once (the
+    receipts add up to each line's ``received`` and to its ``transfer_in`` rows); the ledger
+    moved each line's units out of ``from``, into ``to`` and back on cancel."""
+    out: list[dict[str, Any]] = []
+    created = {o.target: o for o in history.of("transfer")}
+    stored = {t["id"]: t for t in db.get("transfers", [])}
+    tlines: dict[str, dict[str, Row]] = defaultdict(dict)
+    for ln in db.get("transfer_lines", []):
+        tlines[ln["transfer_id"]][ln["sku"]] = ln
+    for tid, t in sorted(stored.items()):
+        op = created.get(tid)
+        if op is None:
+            out.append(_violation("transfer_without_request", transfer=tid))
+            continue
+        if op.outcome == REFUSED:
+            out.append(_violation("refused_transfer_applied", op=op.id, code=op.code))
+        want = {ln["sku"]: ln["quantity"] for ln in op.detail["lines"]}
+        got = {s: ln["quantity"] for s, ln in tlines[tid].items()}
+        where = (t["from_location"], t["to_location"])
+        if got != want or where != (op.detail["source"], op.detail["dest"]):
+            out.append(_violation("transfer_differs", op=op.id, transfer=tid, asked=want,
+                                  stored=got, locations=list(where)))  # fmt: skip
+    for op in history.of("transfer", OK):
+        if op.target not in stored:
+            out.append(_violation("acknowledged_transfer_missing", op=op.id, transfer=op.target))
+    # Receipts: one row per (transfer, receipt id), asked for, with the lines asked.
+    receipt_ops = {(o.target, o.detail["receipt_id"]): o for o in history.of("receive")}
+    receipts = {(r["transfer_id"], r["receipt_id"]): r for r in db.get("receipts", [])}
+    received: Counter[tuple[str, str]] = Counter()
+    for key, r in sorted(receipts.items()):
+        for sku, q in r["lines"]:
+            received[(key[0], sku)] += q
+        op = receipt_ops.get(key)
+        if op is None:
+            out.append(_violation("receipt_without_request", transfer=key[0], receipt_id=key[1]))
+            continue
+        if op.outcome == REFUSED:
+            out.append(_violation("refused_receipt_applied", op=op.id, code=op.code))
+        asked_lines = sorted((ln["sku"], ln["quantity"]) for ln in op.detail["lines"])
+        if sorted((sku, q) for sku, q in r["lines"]) != asked_lines:
+            out.append(_violation("receipt_differs", op=op.id, asked=asked_lines,
+                                  stored=r["lines"]))  # fmt: skip
+    for op in history.of("receive", OK):
+        if (op.target, op.detail["receipt_id"]) not in receipts:
+            out.append(_violation("acknowledged_receipt_missing", op=op.id, transfer=op.target,
+                                  receipt_id=op.detail["receipt_id"]))  # fmt: skip
+    # The ledger: out of from (the whole line), into to (what was received), back to from
+    # (what was cancelled), each row naming its transfer.
+    moved: Counter[tuple[str, str, str, str]] = Counter()
+    for m in db["movements"]:
+        if m["reason"] in TRANSFER_REASONS:
+            moved[(m["reference"], m["sku"], m["location"], m["reason"])] += m["on_hand_delta"]
+    expected: Counter[tuple[str, str, str, str]] = Counter()
+    for tid, t in stored.items():
+        src, dst = t["from_location"], t["to_location"]
+        for sku, ln in tlines[tid].items():
+            expected[(tid, sku, src, "transfer_out")] -= ln["quantity"]
+            expected[(tid, sku, dst, "transfer_in")] += ln["received"]
+            expected[(tid, sku, src, "transfer_cancelled")] += ln["cancelled"]
+            if ln["received"] != received[(tid, sku)]:
+                out.append(_violation("receipt_applied_once", transfer=tid, sku=sku,
+                                      line_received=ln["received"],
+                                      receipts=received[(tid, sku)]))  # fmt: skip
+            if ln["cancelled"] and not any(
+                o.outcome in MAYBE for o in history.for_order(tid, "transfer_cancel")
+            ):
+                out.append(_violation("transfer_cancelled_unasked", transfer=tid, sku=sku,
+                                      cancelled=ln["cancelled"]))  # fmt: skip
+    for row_key in sorted(set(moved) | set(expected)):
+        if moved[row_key] != expected[row_key]:
+            tid, sku, loc, reason = row_key
+            out.append(_violation("transfer_ledger_differs", transfer=tid, sku=sku,
+                                  location=loc, reason=reason, ledger=moved[row_key],
+                                  expected=expected[row_key]))  # fmt: skip
+    for op in history.of("transfer_cancel", OK):
+        row = stored.get(op.target)
+        if row is None or row["status"] != "cancelled":
+            out.append(_violation("acknowledged_transfer_cancel_lost", op=op.id,
+                                  transfer=op.target, status=row and row["status"]))  # fmt: skip
     return out

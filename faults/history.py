@@ -21,7 +21,23 @@ OK = "ok"
 REFUSED = "refused"
 AMBIGUOUS = "ambiguous"
 OUTCOMES = (OK, REFUSED, AMBIGUOUS)
-OP_KINDS = ("place", "pay", "cancel", "delete", "process", "ship", "adjust", "read")
+OP_KINDS = (
+    "place",
+    "pay",
+    "cancel",
+    "delete",
+    "process",
+    "ship",
+    "adjust",
+    "read",
+    "unavailable",
+    "write_off",
+    "safety_stock",
+    "return",
+    "transfer",
+    "receive",
+    "transfer_cancel",
+)
 
 
 @dataclass
@@ -29,7 +45,7 @@ class Op:
     id: str  # also the Idempotency-Key of POSTs
     kind: str
     client: int
-    target: str  # an order id, or a SKU for adjust and read
+    target: str  # an order id, a transfer id, or a SKU for adjustments and read
     start: float  # seconds since the run started
     end: float = 0.0
     outcome: str = AMBIGUOUS

@@ -15,11 +15,11 @@ def summary(doc: dict[str, Any]) -> str:
         f"stockguard faults  seed {cfg['seed']}  {cfg['duration_s']} s  {cfg['clients']} clients  "
         f"{cfg['api_processes']} API processes + 1 worker  (run {doc['run_id']})",
         "",
-        f"{'operation':<10}" + "".join(f"{o:>11}" for o in OUTCOMES) + f"{'total':>9}",
+        f"{'operation':<16}" + "".join(f"{o:>11}" for o in OUTCOMES) + f"{'total':>9}",
     ]
     for kind, counts in doc["operations"]["by_kind"].items():
         total = sum(counts.values())
-        out.append(f"{kind:<10}" + "".join(f"{counts[o]:>11}" for o in OUTCOMES) + f"{total:>9}")
+        out.append(f"{kind:<16}" + "".join(f"{counts[o]:>11}" for o in OUTCOMES) + f"{total:>9}")
     t = doc["throughput"]
     out += [
         "",

@@ -1,5 +1,6 @@
-"""The workload: C concurrent clients placing, paying, cancelling, deleting, shipping and
-adjusting on a few SKUs at two locations, so that they contend for the same rows.
+"""The workload: C concurrent clients placing, paying, cancelling, deleting, shipping,
+returning, adjusting (on_hand, unavailable, safety stock) and transferring between two
+locations, on a few SKUs, so that they contend for the same rows.
 
 Every operation goes to a randomly chosen API process. A timeout, a connection error, a
 5xx or a 409 ``conflict`` saying the same request is still running is retried (on any
@@ -53,6 +54,9 @@ MIX = (
     ("ship", 12),
     ("adjust", 10),
     ("read", 5),
+    ("levels", 4),  # unavailable moves, write-offs, safety stock
+    ("return", 3),
+    ("transfer", 5),  # new transfers, receipts, cancels
 )
 RECENT = 40  # operations on orders pick among the most recent ones
 
@@ -133,8 +137,20 @@ class OrderState:
     payment_id: str
     pay_late_at: float | None = None  # a shopper who pays around the abandonment deadline
     status: str = "pending"
+    lines: dict[str, int] = field(default_factory=dict)  # sku -> units ordered
     # (provider, event id, body) of webhook deliveries sent, for replays
     deliveries: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class TransferState:
+    """What the clients believe about a transfer: units still in transit per SKU."""
+
+    id: str
+    source: str
+    dest: str
+    in_transit: dict[str, int]
+    status: str = "in_transit"
 
 
 class Workload:
@@ -156,6 +172,7 @@ class Workload:
         self.orders: dict[str, OrderState] = {}
         self.late: dict[int, list[OrderState]] = {}  # each client's late payers
         self.order_ids: list[str] = []
+        self.transfers: list[TransferState] = []
         self.t0 = time.monotonic()
         self.http = httpx.AsyncClient(
             timeout=ATTEMPT_TIMEOUT_S, limits=httpx.Limits(max_connections=200)
@@ -279,7 +296,7 @@ class Workload:
     async def _place(self, rng: random.Random, n: int, op_id: str) -> None:
         oid = f"o-{op_id}"
         skus = rng.sample(SKUS, rng.choice((1, 1, 2)))
-        lines = [{"sku": s, "quantity": rng.randint(1, 3)} for s in skus]
+        lines: list[dict[str, Any]] = [{"sku": s, "quantity": rng.randint(1, 3)} for s in skus]
         ttl = rng.choice((2, 3, 5, 60))
         body: dict[str, Any] = {"id": oid, "lines": lines, "reservation_ttl_seconds": ttl}
         if rng.random() < 0.3:
@@ -293,6 +310,7 @@ class Workload:
             prefix = {"manual": "man", "stripe": "pi", "razorpay": "pay"}[provider]
             payment_id = f"{prefix}_{op_id.replace('-', '_')}"
             order = self.orders[oid] = OrderState(oid, provider, payment_id)
+            order.lines = {ln["sku"]: ln["quantity"] for ln in lines}
             self.order_ids.append(oid)
             self._learn(op)
             if ttl <= 3 and rng.random() < 0.3:
@@ -373,7 +391,8 @@ class Workload:
             delta, reason = rng.randint(1, 5), "received"
         else:
             delta, reason = -rng.randint(1, 3), rng.choice(("shrinkage", "damaged"))
-        op = self._op(op_id, "adjust", n, sku, location=loc, delta=delta, reason=reason)
+        op = self._op(op_id, "adjust", n, sku, location=loc, delta=delta, unavailable=0,
+                      reason=reason)  # fmt: skip
         body = {"location": loc, "delta": delta, "reason": reason, "reference": op_id}
         path = f"/v1/skus/{sku}/adjustments"
         await self.request(op, rng, "POST", path, body=body, idempotent_key=True)
@@ -383,3 +402,95 @@ class Workload:
         op = self._op(op_id, "read", n, skus[0])
         query = "&".join(f"sku={s}" for s in skus)
         await self.request(op, rng, "GET", f"/v1/availability?{query}")
+
+    async def _levels(self, rng: random.Random, n: int, op_id: str) -> None:
+        """A move between sellable and unavailable, a write-off of unavailable units, or a
+        safety stock; every adjustment carries its operation id as ``reference``."""
+        sku, loc = rng.choice(SKUS), rng.choice(list(LOCATIONS))
+        path = f"/v1/skus/{sku}/adjustments"
+        pick = rng.random()
+        if pick < 0.45:
+            if rng.random() < 0.65:
+                moved, reason = rng.randint(1, 2), rng.choice(("damaged", "quality_control"))
+            else:
+                moved, reason = -rng.randint(1, 2), rng.choice(("restock", "correction"))
+            op = self._op(op_id, "unavailable", n, sku, location=loc, delta=0,
+                          unavailable=moved, reason=reason)  # fmt: skip
+            body: dict[str, Any] = {"location": loc, "unavailable_delta": moved,
+                                    "reason": reason, "reference": op_id}  # fmt: skip
+            await self.request(op, rng, "POST", path, body=body, idempotent_key=True)
+        elif pick < 0.75:
+            gone = -rng.choice((1, 1, 2))
+            op = self._op(op_id, "write_off", n, sku, location=loc, delta=gone,
+                          unavailable=gone, reason="damaged")  # fmt: skip
+            body = {"location": loc, "delta": gone, "from": "unavailable", "reason": "damaged",
+                    "reference": op_id}  # fmt: skip
+            await self.request(op, rng, "POST", path, body=body, idempotent_key=True)
+        else:
+            safety = rng.randint(0, 2)  # small: placements must still find stock
+            op = self._op(op_id, "safety_stock", n, sku, location=loc, safety_stock=safety)
+            body = {"safety_stock": safety}
+            await self.request(op, rng, "PUT", f"/v1/skus/{sku}/levels/{loc}", body=body)
+
+    async def _return(self, rng: random.Random, n: int, op_id: str) -> None:
+        """A return of 1-2 units of a shipped order (sometimes more than is left: refused);
+        retries reuse the ``return_id`` and the ``Idempotency-Key``."""
+        o = self._pick(rng, "shipped")
+        if o is None or not o.lines:
+            return
+        sku = rng.choice(sorted(o.lines))
+        disposition = "damaged" if rng.random() < 0.3 else "restock"
+        lines = [{"sku": sku, "quantity": rng.randint(1, 2), "disposition": disposition}]
+        return_id = f"r-{op_id}"
+        op = self._op(op_id, "return", n, o.id, return_id=return_id, lines=lines)
+        body = {"return_id": return_id, "lines": lines}
+        path = f"/v1/orders/{o.id}/returns"
+        await self.request(op, rng, "POST", path, body=body, idempotent_key=True)
+
+    async def _transfer(self, rng: random.Random, n: int, op_id: str) -> None:
+        """A new transfer, a (partial) receipt of one in transit, or its cancel."""
+        open_ = [t for t in self.transfers[-RECENT:] if t.status == "in_transit"]
+        pick = rng.random()
+        if open_ and pick < 0.55:
+            t = rng.choice(open_)
+            left = {s: q for s, q in t.in_transit.items() if q > 0}
+            if not left:
+                return
+            lines: list[dict[str, Any]] = [
+                {"sku": s, "quantity": rng.randint(1, q)} for s, q in sorted(left.items())
+            ]
+            if rng.random() < 0.1:
+                lines[0]["quantity"] += 5  # more than is in transit: refused
+            receipt_id = f"rc-{op_id}"
+            op = self._op(op_id, "receive", n, t.id, receipt_id=receipt_id, lines=lines)
+            body: dict[str, Any] = {"receipt_id": receipt_id, "lines": lines}
+            path = f"/v1/transfers/{t.id}/receipts"
+            await self.request(op, rng, "POST", path, body=body, idempotent_key=True)
+            self._learn_transfer(t, op)
+        elif open_ and pick < 0.7:
+            t = rng.choice(open_)
+            op = self._op(op_id, "transfer_cancel", n, t.id)
+            path = f"/v1/transfers/{t.id}/cancel"
+            await self.request(op, rng, "POST", path, idempotent_key=True)
+            self._learn_transfer(t, op)
+        else:
+            source, dest = rng.sample(list(LOCATIONS), 2)
+            skus = rng.sample(SKUS, rng.choice((1, 1, 2)))
+            lines = [{"sku": s, "quantity": rng.randint(1, 3)} for s in sorted(skus)]
+            tid = f"t-{op_id}"
+            op = self._op(op_id, "transfer", n, tid, source=source, dest=dest, lines=lines)
+            body = {"id": tid, "from": source, "to": dest, "lines": lines}
+            await self.request(op, rng, "POST", "/v1/transfers", body=body, idempotent_key=True)
+            if op.outcome != REFUSED:
+                t = TransferState(tid, source, dest, {ln["sku"]: ln["quantity"] for ln in lines})
+                self.transfers.append(t)
+                self._learn_transfer(t, op)
+
+    def _learn_transfer(self, t: TransferState, op: Op) -> None:
+        answer = op.answer
+        if op.outcome == OK and isinstance(answer, dict) and answer.get("id") == t.id:
+            t.status = answer.get("status", t.status)
+            for ln in answer.get("lines", []):
+                t.in_transit[ln["sku"]] = ln["in_transit"]
+        elif op.outcome == REFUSED and op.code in ("invalid_transition", "not_found"):
+            t.status = "unknown"  # moved on, or never made: leave it alone

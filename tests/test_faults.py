@@ -124,8 +124,8 @@ def test_cli_refuses_a_schedule_it_cannot_keep() -> None:
 
 def _move(sku: str, loc: str, on_hand: int, reserved: int, reason: str, **more: object) -> Row:
     return {"sku": sku, "location": loc, "on_hand_delta": on_hand, "reserved_delta": reserved,
-            "reason": reason, "order_id": None, "reservation_id": None, "actor": "key:x",
-            "reference": None, **more}  # fmt: skip
+            "unavailable_delta": 0, "reason": reason, "order_id": None, "reservation_id": None,
+            "actor": "key:x", "reference": None, **more}  # fmt: skip
 
 
 def _said(outcome: str, op_id: str, kind: str, target: str, **detail: object) -> Op:
@@ -135,7 +135,10 @@ def _said(outcome: str, op_id: str, kind: str, target: str, **detail: object) ->
 def _world() -> tuple[Snapshot, History]:
     """A consistent story: order A placed, paid by webhook, shipped; order B placed, its
     hold expired, paid late (reserved again), then cancelled by an ambiguous request;
-    adjustments acknowledged, ambiguous (applied or not) and refused."""
+    adjustments acknowledged, ambiguous (applied or not) and refused; a unit of A made
+    unavailable then written off; a safety stock set; A returned (one restocked, one
+    damaged); transfer T of 3 units, 2 received (one receipt ambiguous), 1 still in
+    transit; transfer U of 2 units cancelled (the cancel ambiguous)."""
     moves = [
         _move(sku, loc, INITIAL_ON_HAND, 0, "received", reference=SEED_REFERENCE)
         for sku in SKUS
@@ -150,7 +153,17 @@ def _world() -> tuple[Snapshot, History]:
         _move("FLT-B", "wh-2", 0, -1, "release", order_id="B", reservation_id=3),
         _move("FLT-C", "wh-2", 5, 0, "received", reference="adj-ok"),
         _move("FLT-D", "wh-1", -2, 0, "shrinkage", reference="adj-maybe-applied"),
-    ]
+        _move("FLT-A", "wh-2", 0, 0, "quality_control", reference="un-ok", unavailable_delta=2),
+        _move("FLT-A", "wh-2", -1, 0, "damaged", reference="wo-ok", unavailable_delta=-1),
+        _move("FLT-A", "wh-1", 1, 0, "returned", order_id="A", reference="r-1"),
+        _move("FLT-A", "wh-1", 1, 0, "returned_damaged", order_id="A", reference="r-1",
+              unavailable_delta=1),
+        _move("FLT-B", "wh-1", -3, 0, "transfer_out", reference="T"),
+        _move("FLT-B", "wh-2", 1, 0, "transfer_in", reference="T"),
+        _move("FLT-B", "wh-2", 1, 0, "transfer_in", reference="T"),
+        _move("FLT-C", "wh-2", -2, 0, "transfer_out", reference="U"),
+        _move("FLT-C", "wh-2", 2, 0, "transfer_cancelled", reference="U"),
+    ]  # fmt: skip
     db: Snapshot = {
         "orders": [
             {"id": "A", "status": "shipped", "payment_provider": "stripe", "payment_id": "pi_A",
@@ -174,8 +187,30 @@ def _world() -> tuple[Snapshot, History]:
                             ("A", "COMMITTED"), ("B", "RESERVED"), ("B", "COMMITTED"),
                             ("A", "FULFILLED"), ("B", "RELEASED")])],
         "levels": [],
+        "returns": [{"return_id": "r-1", "order_id": "A"}],
+        "return_lines": [
+            {"return_id": "r-1", "order_id": "A", "sku": "FLT-A", "location": "wh-1",
+             "quantity": 1, "disposition": "restock"},
+            {"return_id": "r-1", "order_id": "A", "sku": "FLT-A", "location": "wh-1",
+             "quantity": 1, "disposition": "damaged"},
+        ],
+        "transfers": [
+            {"id": "T", "from_location": "wh-1", "to_location": "wh-2", "status": "in_transit"},
+            {"id": "U", "from_location": "wh-2", "to_location": "wh-1", "status": "cancelled"},
+        ],
+        "transfer_lines": [
+            {"transfer_id": "T", "sku": "FLT-B", "quantity": 3, "received": 2, "cancelled": 0,
+             "in_transit": 1},
+            {"transfer_id": "U", "sku": "FLT-C", "quantity": 2, "received": 0, "cancelled": 2,
+             "in_transit": 0},
+        ],
+        "receipts": [
+            {"transfer_id": "T", "receipt_id": "rc-1", "lines": [["FLT-B", 1]]},
+            {"transfer_id": "T", "receipt_id": "rc-2", "lines": [["FLT-B", 1]]},
+        ],
     }  # fmt: skip
     _level_from_ledger(db)
+    db["levels"][0]["safety_stock"] = 2
     line_a, line_b = {"sku": "FLT-A", "quantity": 2}, {"sku": "FLT-B", "quantity": 1}
     ops = [
         _said(OK, "p-A", "place", "A", lines=[line_a]),
@@ -190,17 +225,38 @@ def _world() -> tuple[Snapshot, History]:
         _said(AMBIGUOUS, "adj-maybe-applied", "adjust", "FLT-D", location="wh-1", delta=-2),
         _said(AMBIGUOUS, "adj-maybe-not", "adjust", "FLT-C", location="wh-1", delta=3),
         _said(REFUSED, "adj-no", "adjust", "FLT-D", location="wh-2", delta=-99),
-    ]
+        _said(OK, "un-ok", "unavailable", "FLT-A", location="wh-2", delta=0, unavailable=2),
+        _said(OK, "wo-ok", "write_off", "FLT-A", location="wh-2", delta=-1, unavailable=-1),
+        _said(OK, "ss-ok", "safety_stock", "FLT-A", location="wh-1", safety_stock=2),
+        _said(REFUSED, "ss-no", "safety_stock", "FLT-A", location="wh-1", safety_stock=1),
+        _said(OK, "ret-1", "return", "A", return_id="r-1",
+              lines=[{"sku": "FLT-A", "quantity": 1, "disposition": "restock"},
+                     {"sku": "FLT-A", "quantity": 1, "disposition": "damaged"}]),
+        _said(REFUSED, "ret-2", "return", "A", return_id="r-2",
+              lines=[{"sku": "FLT-A", "quantity": 9, "disposition": "restock"}]),
+        _said(OK, "tr-T", "transfer", "T", source="wh-1", dest="wh-2",
+              lines=[{"sku": "FLT-B", "quantity": 3}]),
+        _said(AMBIGUOUS, "tr-U", "transfer", "U", source="wh-2", dest="wh-1",
+              lines=[{"sku": "FLT-C", "quantity": 2}]),
+        _said(OK, "rc-T1", "receive", "T", receipt_id="rc-1",
+              lines=[{"sku": "FLT-B", "quantity": 1}]),
+        _said(AMBIGUOUS, "rc-T2", "receive", "T", receipt_id="rc-2",
+              lines=[{"sku": "FLT-B", "quantity": 1}]),
+        _said(REFUSED, "rc-T3", "receive", "T", receipt_id="rc-3",
+              lines=[{"sku": "FLT-B", "quantity": 5}]),
+        _said(AMBIGUOUS, "tc-U", "transfer_cancel", "U"),
+    ]  # fmt: skip
     return db, History(ops)
 
 
 def _level_from_ledger(db: Snapshot) -> None:
-    sums: dict[tuple[str, str], list[int]] = {(s, loc): [0, 0] for s in SKUS for loc in LOCATIONS}
+    sums = {(s, loc): [0, 0, 0] for s in SKUS for loc in LOCATIONS}
     for m in db["movements"]:
         sums[(m["sku"], m["location"])][0] += m["on_hand_delta"]
         sums[(m["sku"], m["location"])][1] += m["reserved_delta"]
-    db["levels"] = [{"sku": s, "location": loc, "on_hand": oh, "reserved": r}
-                    for (s, loc), (oh, r) in sums.items()]  # fmt: skip
+        sums[(m["sku"], m["location"])][2] += m["unavailable_delta"]
+    db["levels"] = [{"sku": s, "location": loc, "on_hand": oh, "reserved": r, "unavailable": u,
+                     "safety_stock": 0} for (s, loc), (oh, r, u) in sums.items()]  # fmt: skip
 
 
 INITIAL = {sku: INITIAL_ON_HAND * len(LOCATIONS) for sku in SKUS}
@@ -273,9 +329,89 @@ def _acknowledged_missing(db: Snapshot, h: History) -> None:
     _op(h, "adj-maybe-not").outcome = OK
 
 
+def _unavailable_twice(db: Snapshot, h: History) -> None:
+    db["movements"].append(_move("FLT-A", "wh-2", 0, 0, "quality_control", reference="un-ok",
+                                 unavailable_delta=2))  # fmt: skip
+    _level_from_ledger(db)
+
+
+def _write_off_differs(db: Snapshot, h: History) -> None:
+    _op(h, "wo-ok").detail["unavailable"] = 0  # asked as an on_hand-only shrinkage
+
+
+def _safety_stock_lost(db: Snapshot, h: History) -> None:
+    db["levels"][0]["safety_stock"] = 1  # the refused PUT's value
+
+
+def _return_twice(db: Snapshot, h: History) -> None:
+    db["movements"].append(_move("FLT-A", "wh-1", 1, 0, "returned", order_id="A",
+                                 reference="r-1"))  # fmt: skip
+    _level_from_ledger(db)
+
+
+def _refused_return_applied(db: Snapshot, h: History) -> None:
+    _op(h, "ret-1").outcome = REFUSED
+
+
+def _return_missing(db: Snapshot, h: History) -> None:
+    _op(h, "ret-2").outcome = OK
+
+
+def _returned_beyond(db: Snapshot, h: History) -> None:
+    db["reservations"][0]["quantity"] = 1  # A fulfilled 1 unit, 2 came back
+
+
+def _receipt_twice(db: Snapshot, h: History) -> None:
+    db["movements"].append(_move("FLT-B", "wh-2", 1, 0, "transfer_in", reference="T"))
+    _level_from_ledger(db)
+
+
+def _receipt_missing(db: Snapshot, h: History) -> None:
+    _op(h, "rc-T3").outcome = OK
+
+
+def _refused_receipt_applied(db: Snapshot, h: History) -> None:
+    _op(h, "rc-T2").outcome = REFUSED
+
+
+def _in_transit_lost(db: Snapshot, h: History) -> None:
+    row = db["transfer_lines"][0]
+    row["cancelled"], row["in_transit"] = 1, 0  # the last unit vanished on the road
+
+
+def _transfer_cancel_lost(db: Snapshot, h: History) -> None:
+    _op(h, "tc-U").outcome = OK
+    db["transfers"][1]["status"] = "in_transit"
+
+
+def _cancelled_unasked(db: Snapshot, h: History) -> None:
+    h.ops.remove(_op(h, "tc-U"))
+
+
+def _phantom_transfer(db: Snapshot, h: History) -> None:
+    h.ops.remove(_op(h, "tr-U"))
+
+
 @pytest.mark.parametrize(
     ("defect", "check"),
     [
+        (_unavailable_twice, "adjustment_applied_twice"),
+        (_write_off_differs, "adjustment_differs"),
+        (_safety_stock_lost, "safety_stock_lost"),
+        (_return_twice, "return_applied_once"),
+        (_return_twice, "stock_conserved"),
+        (_refused_return_applied, "refused_return_applied"),
+        (_return_missing, "acknowledged_return_missing"),
+        (_returned_beyond, "returned_beyond_fulfilled"),
+        (_receipt_twice, "transfer_ledger_differs"),
+        (_receipt_twice, "stock_conserved"),
+        (_receipt_missing, "acknowledged_receipt_missing"),
+        (_refused_receipt_applied, "refused_receipt_applied"),
+        (_in_transit_lost, "stock_conserved"),
+        (_in_transit_lost, "transfer_cancelled_unasked"),
+        (_transfer_cancel_lost, "acknowledged_transfer_cancel_lost"),
+        (_cancelled_unasked, "transfer_cancelled_unasked"),
+        (_phantom_transfer, "transfer_without_request"),
         (_twice, "adjustment_applied_twice"),
         (_lost_unit, "stock_conserved"),
         (_lost_unit, "ledger_sums_equal_levels"),
