@@ -27,7 +27,6 @@ from stockguard.api.schemas import (
 from stockguard.api.strict import StrictJSONRoute
 from stockguard.domain.errors import ValidationFailed, problem_body
 from stockguard.service import bulk
-from stockguard.service.catalogue import Adjustment
 from stockguard.service.explain import Counts, Explanation, explain
 from stockguard.store.levels import LevelRow
 
@@ -58,17 +57,7 @@ def adjustment_of(item: dict[str, Any]) -> bulk.BatchItem:
         first = errors[0]
         where = ".".join(first["loc"]) or "item"
         return ValidationFailed(f"{where}: {first['msg']}", errors=errors)
-    return Adjustment(
-        sku=body.sku,
-        location=body.location,
-        reason=body.reason,
-        delta=body.delta,
-        set_on_hand=body.set_on_hand,
-        expected_on_hand=body.expected_on_hand,
-        reference=body.reference,
-        unavailable_delta=body.unavailable_delta,
-        from_unavailable=body.from_ == "unavailable",
-    )
+    return body.adjustment(body.sku)
 
 
 def level_json(level: LevelRow) -> dict[str, Any]:

@@ -267,17 +267,7 @@ async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None)
     responses=doc.documented({201: doc.AdjustmentResult}, 403, 404, 409, 422),
 )
 async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> Response:
-    adjustment = catalogue.Adjustment(
-        sku=sku,
-        location=body.location,
-        reason=body.reason,
-        delta=body.delta,
-        set_on_hand=body.set_on_hand,
-        expected_on_hand=body.expected_on_hand,
-        reference=body.reference,
-        unavailable_delta=body.unavailable_delta,
-        from_unavailable=body.from_ == "unavailable",
-    )
+    adjustment = body.adjustment(sku)
     return await answered(
         lambda: catalogue.adjust_stock(b, adjustment, actor(key)), lambda r: (201, _adjusted(r))
     )

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from stockguard.domain.errors import ValidationFailed
+from stockguard.service.catalogue import Adjustment
 from stockguard.store.orders import OrderRecord
 from stockguard.store.returns import ReturnRecord
 
@@ -96,6 +97,21 @@ class AdjustmentIn(Strict):
         if delta == 0:  # would answer 201 and write nothing
             raise ValueError("must not be 0")
         return delta
+
+    def adjustment(self, sku: str) -> Adjustment:
+        """This body as the service's adjustment of ``sku`` (the single and the batch
+        route)."""
+        return Adjustment(
+            sku=sku,
+            location=self.location,
+            reason=self.reason,
+            delta=self.delta,
+            set_on_hand=self.set_on_hand,
+            expected_on_hand=self.expected_on_hand,
+            reference=self.reference,
+            unavailable_delta=self.unavailable_delta,
+            from_unavailable=self.from_ == "unavailable",
+        )
 
 
 class LevelIn(Strict):
