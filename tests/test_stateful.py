@@ -934,8 +934,16 @@ class StockMachine(RuleBasedStateMachine):
     def make_unavailable(self, sku: str, loc: str, moved: int, pick: int) -> None:
         self.one(self.op_unavailable(sku, loc, moved, pick))
 
-    @rule(sku=st.sampled_from(SKUS), loc=st.sampled_from(LOCATIONS), delta=st.integers(-3, -1))
-    def write_off(self, sku: str, loc: str, delta: int) -> None:
+    @rule(
+        sku=st.sampled_from(SKUS),
+        loc=st.sampled_from(LOCATIONS),
+        damaged=st.integers(0, 3),
+        delta=st.integers(-3, -1),
+    )
+    def write_off(self, sku: str, loc: str, damaged: int, delta: int) -> None:
+        """Units found damaged (so there is something to write off), then written off."""
+        if damaged:
+            self.one(self.op_unavailable(sku, loc, damaged, 0))
         self.one(self.op_write_off(sku, loc, delta))
 
     @rule(sku=st.sampled_from(SKUS), loc=st.sampled_from(LOCATIONS), units=st.integers(0, 4))
@@ -944,11 +952,27 @@ class StockMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def give_return(self, data: st.DataObject) -> None:
-        self.one(self._return_op(data, self._pick(data, "shipped", "delivered")))
+        """A return, mostly of a shipped order (a pending one is paid and shipped first)."""
+        oid = self._pick(data, "shipped", "delivered", "paid", "processing", "pending")
+        o = self.model.orders.get(oid)
+        if o is not None and o.status == "pending" and not o.deleted:
+            self.n += 1
+            self.one(self.op_pay(oid, f"p{self.tag}-{self.n}"))
+        if o is not None and o.status in ("paid", "processing"):
+            for target in ("processing", "shipped"):
+                self.one(self.op_status(oid, target))
+        self.one(self._return_op(data, oid))
 
-    @rule(data=st.data())
-    def transfer(self, data: st.DataObject) -> None:
-        self.one(self._transfer_op(data))
+    @rule(data=st.data(), then=st.integers(0, 3))
+    def transfer(self, data: st.DataObject, then: int) -> None:
+        """A transfer, then (1) a receipt, (2) a cancel, or (3) a receipt and a cancel."""
+        op = self._transfer_op(data)
+        self.one(op)
+        tid = op.label.split()[1]
+        if then & 1:
+            self.one(self._receive_op(data, tid))
+        if then & 2:
+            self.one(self.op_cancel_transfer(tid))
 
     @rule(data=st.data())
     def receive(self, data: st.DataObject) -> None:
@@ -1154,6 +1178,10 @@ class StockMachine(RuleBasedStateMachine):
         )
         loc = data.draw(st.sampled_from((None, None, *LOCATIONS)))
         lines = [(s, q, d) for s, (q, d) in drawn.items()]
+        o = self.model.orders.get(oid)
+        if o is not None and kind > 2:  # mostly SKUs the order shipped
+            sent = {r.sku for r in o.res if r.status == "fulfilled"}
+            lines = [ln for ln in lines if ln[0] in sent] or lines
         if kind == 0 and old is not None:
             return self.op_return(*old)
         if kind == 1 and old is not None:
