@@ -1,13 +1,16 @@
 """A hypothesis state machine: random operations against the real service (PostgreSQL and
 Redis) and an in-memory model of what the service promises.
 
-The model holds every level (per SKU and location), which locations are active, and every
-order's status, payment, deletion and reservations. Each operation is a pair: the real use
+The model holds every level (per SKU and location: on hand, reserved, unavailable, safety
+stock), which locations are active, every order's status, payment, deletion and
+reservations, every return and where its units went, and every transfer's lines (received,
+cancelled, so what is still in transit). Each operation is a pair: the real use
 case, and a pure function that applies it to a model and predicts its answer. One at a
 time, the answer must be the predicted one; several at once (on separate connections,
 released together by a barrier), some serial order of them must explain every answer, and
 the database must then equal the model that order produces. After every step: ``verify``
-is clean, Redis equals PostgreSQL, and the ledger shows units conserved, no reservation
+is clean, Redis equals PostgreSQL, and the ledger shows units conserved (per SKU, on hand
+plus in transit moves only through adjustments, shipments and returns), no reservation
 given back twice, no order restored twice, nothing released but by cancel or delete.
 """
 
@@ -963,12 +966,20 @@ class StockMachine(RuleBasedStateMachine):
                 self.one(self.op_status(oid, target))
         self.one(self._return_op(data, oid))
 
-    @rule(data=st.data(), then=st.integers(0, 3))
-    def transfer(self, data: st.DataObject, then: int) -> None:
-        """A transfer, then (1) a receipt, (2) a cancel, or (3) a receipt and a cancel."""
-        op = self._transfer_op(data)
+    @rule(data=st.data(), then=st.integers(0, 3), damaged=st.integers(0, 3))
+    def transfer(self, data: st.DataObject, then: int, damaged: int) -> None:
+        """A transfer (sometimes of a SKU with units just found damaged at its source, which
+        may not move), then (1) a receipt, (2) a cancel, or (3) a receipt and a cancel."""
+        tid, op = self._transfer_op(data)
+        if damaged and tid in self.model.transfers:
+            pass  # a retry of a transfer made already: nothing to damage at its source
+        elif damaged:
+            src, (sku, _) = (
+                self.transfers_sent[-1][1],
+                next(iter(self.transfers_sent[-1][3].items())),
+            )
+            self.one(self.op_unavailable(sku, src, damaged, 0))
         self.one(op)
-        tid = op.label.split()[1]
         if then & 1:
             self.one(self._receive_op(data, tid))
         if then & 2:
@@ -1154,7 +1165,7 @@ class StockMachine(RuleBasedStateMachine):
             shipped = o is not None and o.status in ("shipped", "delivered")
             return self._return_op(data, oid if shipped else other)
         if kind == "transfer":
-            return self._transfer_op(data)
+            return self._transfer_op(data)[1]
         tid = self._pick_transfer(data)
         tid = self.hot_transfer if data.draw(st.integers(0, 3)) and self.hot_transfer else tid
         if kind == "receive":
@@ -1201,7 +1212,7 @@ class StockMachine(RuleBasedStateMachine):
         tid = _choose(data, moving or ids)
         return f"h{self.tag}-tghost" if ghost or tid is None else tid
 
-    def _transfer_op(self, data: st.DataObject) -> Op:
+    def _transfer_op(self, data: st.DataObject) -> tuple[str, Op]:
         """A new transfer; now and then a retry of one, or its id with other content."""
         kind, old = data.draw(st.integers(0, 5)), _choose(data, self.transfers_sent)
         src = data.draw(st.sampled_from(LOCATIONS))
@@ -1209,7 +1220,7 @@ class StockMachine(RuleBasedStateMachine):
             st.dictionaries(st.sampled_from(SKUS), st.integers(1, 4), min_size=1, max_size=2)
         )
         if kind == 0 and old is not None:
-            return self.op_transfer(*old)
+            return old[0], self.op_transfer(*old)
         if kind == 1 and old is not None:
             tid = old[0]
         else:
@@ -1217,7 +1228,7 @@ class StockMachine(RuleBasedStateMachine):
             tid = f"h{self.tag}-t{self.n}"
         dst = next(loc for loc in LOCATIONS if loc != src)
         self.transfers_sent.append((tid, src, dst, lines))
-        return self.op_transfer(tid, src, dst, lines)
+        return tid, self.op_transfer(tid, src, dst, lines)
 
     def _receive_op(self, data: st.DataObject, tid: str) -> Op:
         """A receipt of some of the transfer's lines, or of everything in transit; now and
@@ -1507,7 +1518,7 @@ class StockMachine(RuleBasedStateMachine):
 def test_random_operations_keep_every_invariant(servers: Servers, migrated: str) -> None:
     StockMachine.servers = servers
     run = settings(
-        max_examples=25,
+        max_examples=30,
         stateful_step_count=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
