@@ -1,13 +1,16 @@
 """A hypothesis state machine: random operations against the real service (PostgreSQL and
 Redis) and an in-memory model of what the service promises.
 
-The model holds every level (per SKU and location), which locations are active, and every
-order's status, payment, deletion and reservations. Each operation is a pair: the real use
+The model holds every level (per SKU and location: on hand, reserved, unavailable, safety
+stock), which locations are active, every order's status, payment, deletion and
+reservations, every return and where its units went, and every transfer's lines (received,
+cancelled, so what is still in transit). Each operation is a pair: the real use
 case, and a pure function that applies it to a model and predicts its answer. One at a
 time, the answer must be the predicted one; several at once (on separate connections,
 released together by a barrier), some serial order of them must explain every answer, and
 the database must then equal the model that order produces. After every step: ``verify``
-is clean, Redis equals PostgreSQL, and the ledger shows units conserved, no reservation
+is clean, Redis equals PostgreSQL, and the ledger shows units conserved (per SKU, on hand
+plus in transit moves only through adjustments, shipments and returns), no reservation
 given back twice, no order restored twice, nothing released but by cancel or delete.
 """
 
@@ -32,10 +35,11 @@ from stockguard.cache.redis_cache import RedisCache
 from stockguard.config import CacheMode
 from stockguard.domain.errors import StockguardError
 from stockguard.domain.model import OrderStatus
-from stockguard.service import catalogue, orders
+from stockguard.service import catalogue, orders, transfers
 from stockguard.service.expiry import abandon_order, abandon_stale, expire_order
 from stockguard.service.orders import PaymentProof, PlaceOrder
 from stockguard.service.recovery import recover_order, recover_paid_uncommitted
+from stockguard.service.returns import ReturnLine, ReturnRequest, record_return
 from stockguard.service.uow import Backends
 from stockguard.service.webhooks import PaymentEvent, handle_event, razorpay_event_id
 from stockguard.store.db import connect_pool
@@ -50,6 +54,7 @@ ABANDON_AFTER = 60
 # Distinct actors, so the ledger tells who gave stock back.
 CANCEL_ACTOR, DELETE_ACTOR = "h:cancel", "h:delete"
 ADJUST_REASON = "correction"
+WRITE_OFF_REASON = "shrinkage"
 
 
 # ---------------------------------------------------------------- the model
@@ -103,24 +108,62 @@ class MOrder:
         )
 
 
+@dataclass
+class MReturn:
+    order: str
+    content: tuple[Any, ...]  # what the request said: the same id with other content conflicts
+    placed: list[tuple[str, str, int, str]]  # (sku, location, units, disposition)
+
+
+@dataclass
+class MTransfer:
+    src: str
+    dst: str
+    content: tuple[Any, ...]
+    lines: dict[str, list[int]]  # sku -> [quantity, received, cancelled]
+    status: str = "in_transit"
+    receipts: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+
+    def in_transit(self, sku: str) -> int:
+        q, got, back = self.lines[sku]
+        return q - got - back
+
+
 Level = tuple[str, str]
-State = tuple[dict[Level, tuple[int, int]], dict[str, bool], dict[str, tuple[Any, ...]]]
+LevelState = tuple[int, int, int, int]  # on_hand, reserved, unavailable, safety_stock
+State = tuple[
+    dict[Level, LevelState],
+    dict[str, bool],
+    dict[str, tuple[Any, ...]],
+    dict[str, tuple[Any, ...]],
+    dict[str, tuple[Any, ...]],
+]
 
 
 @dataclass
 class Model:
     on_hand: dict[Level, int] = field(default_factory=dict)
     reserved: dict[Level, int] = field(default_factory=dict)
+    unavailable: dict[Level, int] = field(default_factory=dict)
+    safety: dict[Level, int] = field(default_factory=dict)
     active: dict[str, bool] = field(default_factory=dict)
     orders: dict[str, MOrder] = field(default_factory=dict)
     payments: dict[tuple[str, str], str] = field(default_factory=dict)  # payment -> order
     inbox: set[tuple[str, str]] = field(default_factory=set)
     adjusted: dict[str, int] = field(default_factory=dict)  # per SKU: units adjusted in
     shipped: dict[str, int] = field(default_factory=dict)  # per SKU: units shipped out
+    returned: dict[str, int] = field(default_factory=dict)  # per SKU: units returned
+    returns: dict[str, MReturn] = field(default_factory=dict)
+    transfers: dict[str, MTransfer] = field(default_factory=dict)
 
     def state(self) -> State:
         levels = {
-            (s, loc): (self.on_hand.get((s, loc), 0), self.reserved.get((s, loc), 0))
+            (s, loc): (
+                self.on_hand.get((s, loc), 0),
+                self.reserved.get((s, loc), 0),
+                self.unavailable.get((s, loc), 0),
+                self.safety.get((s, loc), 0),
+            )
             for s in SKUS
             for loc in LOCATIONS
         }
@@ -134,14 +177,36 @@ class Model:
             )
             for oid, o in self.orders.items()
         }
-        return levels, dict(self.active), ords
+        rets = {rid: (r.order, tuple(sorted(r.placed))) for rid, r in self.returns.items()}
+        moves = {
+            tid: (t.src, t.dst, t.status, tuple(sorted((s, *v) for s, v in t.lines.items())))
+            for tid, t in self.transfers.items()
+        }
+        return levels, dict(self.active), ords, rets, moves
+
+    def in_transit(self, sku: str) -> int:
+        return sum(t.in_transit(sku) for t in self.transfers.values() if sku in t.lines)
+
+    def available(self, lv: Level) -> int:
+        """What may be sold from a level: domain.model.available."""
+        return max(
+            0,
+            self.on_hand.get(lv, 0)
+            - self.reserved.get(lv, 0)
+            - self.unavailable.get(lv, 0)
+            - self.safety.get(lv, 0),
+        )
+
+    def _ensure(self, lv: Level) -> None:
+        for d in (self.on_hand, self.reserved, self.unavailable, self.safety):
+            d.setdefault(lv, 0)
 
     # -------------------------------------------------- stock
 
     def _allocate(self, lines: list[tuple[int, str, int]]) -> list[MRes] | None:
         """Each line whole from the first active location that can hold it, else split
         across active locations in priority order; None when any line is short."""
-        free = {k: self.on_hand.get(k, 0) - self.reserved.get(k, 0) for k in self.on_hand}
+        free = {k: self.available(k) for k in self.on_hand}
         cands = [loc for loc in LOCATIONS if self.active[loc]]
         out: list[MRes] = []
         for n, sku, q in lines:
@@ -187,12 +252,135 @@ class Model:
     def adjust(self, sku: str, loc: str, delta: int) -> str:
         lv = (sku, loc)
         new = self.on_hand.get(lv, 0) + delta
-        if new < self.reserved.get(lv, 0):
+        if new < self.reserved.get(lv, 0) + self.unavailable.get(lv, 0):
             return "!InsufficientStock"
+        self._ensure(lv)
         self.on_hand[lv] = new
-        self.reserved.setdefault(lv, 0)
         self.adjusted[sku] = self.adjusted.get(sku, 0) + delta
         return "ok"
+
+    def make_unavailable(self, sku: str, loc: str, moved: int) -> str:
+        """``unavailable_delta``: units between sellable and unavailable, on_hand unchanged."""
+        lv = (sku, loc)
+        sellable = self.on_hand.get(lv, 0) - self.reserved.get(lv, 0) - self.unavailable.get(lv, 0)
+        if moved > sellable or -moved > self.unavailable.get(lv, 0):
+            return "!InsufficientStock"
+        self._ensure(lv)
+        self.unavailable[lv] += moved
+        return "ok"
+
+    def write_off(self, sku: str, loc: str, delta: int) -> str:
+        """``delta < 0`` from unavailable: on_hand and unavailable both drop."""
+        lv = (sku, loc)
+        if -delta > self.unavailable.get(lv, 0):
+            return "!InsufficientStock"
+        self.on_hand[lv] += delta
+        self.unavailable[lv] += delta
+        self.adjusted[sku] = self.adjusted.get(sku, 0) + delta
+        return "ok"
+
+    def set_safety(self, sku: str, loc: str, units: int) -> str:
+        self._ensure((sku, loc))
+        self.safety[(sku, loc)] = units
+        return "ok"
+
+    # -------------------------------------------------- returns
+
+    def give_return(
+        self, rid: str, oid: str, lines: list[tuple[str, int, str]], loc: str | None
+    ) -> str:
+        o = self.orders.get(oid)
+        if o is None or o.deleted:
+            return "!NotFound"
+        content = (oid, tuple(lines), loc)
+        if rid in self.returns:
+            return "return:existing" if self.returns[rid].content == content else "!Conflict"
+        if o.status not in ("shipped", "delivered"):
+            return "!InvalidTransition"
+        room: dict[Level, int] = {}
+        for r in o.res:
+            if r.status == "fulfilled":
+                room[(r.sku, r.loc)] = room.get((r.sku, r.loc), 0) + r.qty
+        for ret in self.returns.values():
+            if ret.order == oid:
+                for s, at, q, _ in ret.placed:
+                    room[(s, at)] = room.get((s, at), 0) - q
+        for s, q, _ in lines:
+            if q > sum(v for (k, _), v in room.items() if k == s):
+                return "!ReturnExceedsFulfilled"
+        placed: list[tuple[str, str, int, str]] = []
+        for s, q, disp in lines:
+            if loc is not None:
+                placed.append((s, loc, q, disp))
+                continue
+            for key in sorted(k for k in room if k[0] == s):  # location priority = LOCATIONS
+                take = min(q, room[key])
+                if take > 0:
+                    room[key] -= take
+                    q -= take
+                    placed.append((s, key[1], take, disp))
+        for s, at, q, disp in placed:
+            self._ensure((s, at))
+            self.on_hand[(s, at)] += q
+            self.unavailable[(s, at)] += q if disp == "damaged" else 0
+            self.returned[s] = self.returned.get(s, 0) + q
+        self.returns[rid] = MReturn(oid, content, placed)
+        return "return:created"
+
+    # -------------------------------------------------- transfers
+
+    def create_transfer(self, tid: str, src: str, dst: str, lines: dict[str, int]) -> str:
+        content = (src, dst, tuple(sorted(lines.items())))
+        t = self.transfers.get(tid)
+        if t is not None:
+            return f"existing:{t.status}" if t.content == content else "!Conflict"
+        for s, q in lines.items():
+            lv = (s, src)
+            movable = (
+                self.on_hand.get(lv, 0) - self.reserved.get(lv, 0) - self.unavailable.get(lv, 0)
+            )
+            if q > movable:
+                return "!InsufficientStock"
+        for s, q in lines.items():
+            self.on_hand[(s, src)] -= q
+        self.transfers[tid] = MTransfer(src, dst, content, {s: [q, 0, 0] for s, q in lines.items()})
+        return "created:in_transit"
+
+    def receive(self, tid: str, rid: str, lines: dict[str, int]) -> str:
+        t = self.transfers.get(tid)
+        if t is None:
+            return "!NotFound"
+        content = tuple(sorted(lines.items()))
+        if rid in t.receipts:
+            return f"existing:{t.status}" if t.receipts[rid] == content else "!Conflict"
+        if t.status == "cancelled":
+            return "!InvalidTransition"
+        if any(s not in t.lines for s in lines):
+            return "!ValidationFailed"
+        if any(q > t.in_transit(s) for s, q in lines.items()):
+            return "!ReceiptExceedsInTransit"
+        for s, q in lines.items():
+            t.lines[s][1] += q
+            self._ensure((s, t.dst))
+            self.on_hand[(s, t.dst)] += q
+        t.receipts[rid] = content
+        if not any(t.in_transit(s) for s in t.lines):
+            t.status = "received"
+        return f"created:{t.status}"
+
+    def cancel_transfer(self, tid: str) -> str:
+        t = self.transfers.get(tid)
+        if t is None:
+            return "!NotFound"
+        if t.status == "received":
+            return "!InvalidTransition"
+        if t.status == "in_transit":
+            for s, v in t.lines.items():
+                back = t.in_transit(s)
+                v[2] += back
+                self.on_hand[(s, t.src)] += back
+            t.status = "cancelled"
+        return "status:cancelled"
 
     def put_location(self, loc: str, active: bool) -> str:
         self.active[loc] = active
@@ -385,6 +573,10 @@ def _webhook_answer(got: dict[str, Any]) -> str:
     return "ignored:type" if why.startswith("event type") else "ignored:other"
 
 
+def _written(w: transfers.Written) -> str:
+    return f"{'created' if w.created else 'existing'}:{w.transfer.status.value}"
+
+
 async def _answer(call: Awaitable[Any], norm: Callable[[Any], str]) -> str:
     """The use case's answer as a token; a refusal is ``!`` and its class name. Anything
     else (a database error, an assertion) propagates and fails the run."""
@@ -416,6 +608,10 @@ class StockMachine(RuleBasedStateMachine):
         self.n = 0
         self.sent: list[PaymentEvent] = []
         self.hot: str | None = None  # a payment id the operations of one step share
+        self.hot_transfer: str | None = None  # a transfer the operations of one step share
+        self.returns_sent: list[tuple[str, str, list[tuple[str, int, str]], str | None]] = []
+        self.transfers_sent: list[tuple[str, str, str, dict[str, int]]] = []
+        self.receipts_sent: list[tuple[str, str, dict[str, int]]] = []
         self.backends = self.runner.run(self._open())
 
     async def _open(self) -> Backends:
@@ -483,6 +679,83 @@ class StockMachine(RuleBasedStateMachine):
             f"adjust {sku}@{loc} {delta:+}",
             lambda: _answer(catalogue.adjust_stock(self.backends, adj, "h"), lambda _: "ok"),
             lambda m: m.adjust(sku, loc, delta),
+        )
+
+    def op_unavailable(self, sku: str, loc: str, moved: int, pick: int) -> Op:
+        reason = ("damaged", "quality_control") if moved > 0 else ("restock", "correction")
+        adj = catalogue.Adjustment(
+            self.sku(sku), self.loc(loc), reason[pick % 2], unavailable_delta=moved
+        )
+        return Op(
+            f"unavailable {sku}@{loc} {moved:+} {adj.reason}",
+            lambda: _answer(catalogue.adjust_stock(self.backends, adj, "h"), lambda _: "ok"),
+            lambda m: m.make_unavailable(sku, loc, moved),
+        )
+
+    def op_write_off(self, sku: str, loc: str, delta: int) -> Op:
+        adj = catalogue.Adjustment(
+            self.sku(sku), self.loc(loc), WRITE_OFF_REASON, delta=delta, from_unavailable=True
+        )
+        return Op(
+            f"write off {sku}@{loc} {delta:+}",
+            lambda: _answer(catalogue.adjust_stock(self.backends, adj, "h"), lambda _: "ok"),
+            lambda m: m.write_off(sku, loc, delta),
+        )
+
+    def op_safety(self, sku: str, loc: str, units: int) -> Op:
+        return Op(
+            f"safety {sku}@{loc} {units}",
+            lambda: _answer(
+                catalogue.set_safety_stock(self.backends, self.sku(sku), self.loc(loc), units, "h"),
+                lambda _: "ok",
+            ),
+            lambda m: m.set_safety(sku, loc, units),
+        )
+
+    def op_return(
+        self, rid: str, oid: str, lines: list[tuple[str, int, str]], loc: str | None
+    ) -> Op:
+        req = ReturnRequest(
+            rid,
+            oid,
+            tuple(ReturnLine(self.sku(s), q, d) for s, q, d in lines),
+            None if loc is None else self.loc(loc),
+        )
+        return Op(
+            f"return {rid} of {oid} {lines} to {loc}",
+            lambda: _answer(
+                record_return(self.backends, req, "h"),
+                lambda r: "return:created" if r.created else "return:existing",
+            ),
+            lambda m: m.give_return(rid, oid, lines, loc),
+        )
+
+    def op_transfer(self, tid: str, src: str, dst: str, lines: dict[str, int]) -> Op:
+        req = transfers.CreateTransfer(
+            tid, self.loc(src), self.loc(dst), tuple((self.sku(s), q) for s, q in lines.items())
+        )
+        return Op(
+            f"transfer {tid} {src}->{dst} {lines}",
+            lambda: _answer(transfers.create_transfer(self.backends, req, "h"), _written),
+            lambda m: m.create_transfer(tid, src, dst, lines),
+        )
+
+    def op_receive(self, tid: str, rid: str, lines: dict[str, int]) -> Op:
+        receipt = transfers.Receipt(rid, tuple((self.sku(s), q) for s, q in lines.items()))
+        return Op(
+            f"receive {tid} {rid} {lines}",
+            lambda: _answer(transfers.receive_transfer(self.backends, tid, receipt, "h"), _written),
+            lambda m: m.receive(tid, rid, lines),
+        )
+
+    def op_cancel_transfer(self, tid: str) -> Op:
+        return Op(
+            f"cancel transfer {tid}",
+            lambda: _answer(
+                transfers.cancel_transfer(self.backends, tid, "h"),
+                lambda t: f"status:{t.status.value}",
+            ),
+            lambda m: m.cancel_transfer(tid),
         )
 
     def op_location(self, loc: str, active: bool) -> Op:
@@ -655,6 +928,71 @@ class StockMachine(RuleBasedStateMachine):
     def adjust(self, sku: str, loc: str, delta: int) -> None:
         self.one(self.op_adjust(sku, loc, delta))
 
+    @rule(
+        sku=st.sampled_from(SKUS),
+        loc=st.sampled_from(LOCATIONS),
+        moved=st.integers(-3, 4).filter(bool),
+        pick=st.integers(0, 1),
+    )
+    def make_unavailable(self, sku: str, loc: str, moved: int, pick: int) -> None:
+        self.one(self.op_unavailable(sku, loc, moved, pick))
+
+    @rule(
+        sku=st.sampled_from(SKUS),
+        loc=st.sampled_from(LOCATIONS),
+        damaged=st.integers(0, 3),
+        delta=st.integers(-3, -1),
+    )
+    def write_off(self, sku: str, loc: str, damaged: int, delta: int) -> None:
+        """Units found damaged (so there is something to write off), then written off."""
+        if damaged:
+            self.one(self.op_unavailable(sku, loc, damaged, 0))
+        self.one(self.op_write_off(sku, loc, delta))
+
+    @rule(sku=st.sampled_from(SKUS), loc=st.sampled_from(LOCATIONS), units=st.integers(0, 4))
+    def safety_stock(self, sku: str, loc: str, units: int) -> None:
+        self.one(self.op_safety(sku, loc, units))
+
+    @rule(data=st.data())
+    def give_return(self, data: st.DataObject) -> None:
+        """A return, mostly of a shipped order (a pending one is paid and shipped first)."""
+        oid = self._pick(data, "shipped", "delivered", "paid", "processing", "pending")
+        o = self.model.orders.get(oid)
+        if o is not None and o.status == "pending" and not o.deleted:
+            self.n += 1
+            self.one(self.op_pay(oid, f"p{self.tag}-{self.n}"))
+        if o is not None and o.status in ("paid", "processing"):
+            for target in ("processing", "shipped"):
+                self.one(self.op_status(oid, target))
+        self.one(self._return_op(data, oid))
+
+    @rule(data=st.data(), then=st.integers(0, 3), damaged=st.integers(0, 3))
+    def transfer(self, data: st.DataObject, then: int, damaged: int) -> None:
+        """A transfer (sometimes of a SKU with units just found damaged at its source, which
+        may not move), then (1) a receipt, (2) a cancel, or (3) a receipt and a cancel."""
+        tid, op = self._transfer_op(data)
+        if damaged and tid in self.model.transfers:
+            pass  # a retry of a transfer made already: nothing to damage at its source
+        elif damaged:
+            src, (sku, _) = (
+                self.transfers_sent[-1][1],
+                next(iter(self.transfers_sent[-1][3].items())),
+            )
+            self.one(self.op_unavailable(sku, src, damaged, 0))
+        self.one(op)
+        if then & 1:
+            self.one(self._receive_op(data, tid))
+        if then & 2:
+            self.one(self.op_cancel_transfer(tid))
+
+    @rule(data=st.data())
+    def receive(self, data: st.DataObject) -> None:
+        self.one(self._receive_op(data, self._pick_transfer(data)))
+
+    @rule(data=st.data())
+    def cancel_transfer(self, data: st.DataObject) -> None:
+        self.one(self.op_cancel_transfer(self._pick_transfer(data)))
+
     @rule(loc=st.sampled_from(LOCATIONS), active=st.booleans())
     def toggle_location(self, loc: str, active: bool) -> None:
         self.one(self.op_location(loc, active))
@@ -743,6 +1081,7 @@ class StockMachine(RuleBasedStateMachine):
         """2-4 operations at once, mostly on one order, so they collide; payments may
         share one new payment id (one payment pays at most one order)."""
         focus = self._pick(data)
+        self.hot_transfer = self._pick_transfer(data)
         self.n += 1
         self.hot = f"hot{self.tag}-{self.n}"
         ops: list[Op] = []
@@ -763,11 +1102,18 @@ class StockMachine(RuleBasedStateMachine):
                         "recover",
                         "processing",
                         "shipped",
+                        "unavailable",
+                        "write_off",
+                        "safety",
+                        "return",
+                        "transfer",
+                        "receive",
+                        "cancel_transfer",
                     )
                 )
             )
             ops.append(self._concurrent_op(data, kind, oid))
-        self.hot = None
+        self.hot = self.hot_transfer = None
         self.together(ops)
 
     def _concurrent_op(self, data: st.DataObject, kind: str, oid: str) -> Op:
@@ -805,7 +1151,109 @@ class StockMachine(RuleBasedStateMachine):
             return self.op_abandon(oid)
         if kind == "recover":
             return self.op_recover(oid)
+        if kind in ("unavailable", "write_off", "safety"):
+            sku, loc = data.draw(st.sampled_from(SKUS)), data.draw(st.sampled_from(LOCATIONS))
+            units = data.draw(st.integers(-3, 4).filter(bool))
+            if kind == "unavailable":
+                return self.op_unavailable(sku, loc, units, data.draw(st.integers(0, 1)))
+            if kind == "write_off":
+                return self.op_write_off(sku, loc, -abs(units))
+            return self.op_safety(sku, loc, abs(units))
+        if kind == "return":
+            other = self._pick(data, "shipped", "delivered")
+            o = self.model.orders.get(oid)
+            shipped = o is not None and o.status in ("shipped", "delivered")
+            return self._return_op(data, oid if shipped else other)
+        if kind == "transfer":
+            return self._transfer_op(data)[1]
+        tid = self._pick_transfer(data)
+        tid = self.hot_transfer if data.draw(st.integers(0, 3)) and self.hot_transfer else tid
+        if kind == "receive":
+            return self._receive_op(data, tid)
+        if kind == "cancel_transfer":
+            return self.op_cancel_transfer(tid)
         return self.op_status(oid, kind)
+
+    # ------------------------------------------------------------ returns and transfers
+
+    def _return_op(self, data: st.DataObject, oid: str) -> Op:
+        """A new return; now and then the same return again, or its id with other content."""
+        kind, old = data.draw(st.integers(0, 5)), _choose(data, self.returns_sent)
+        drawn = data.draw(
+            st.dictionaries(
+                st.sampled_from(SKUS),
+                st.tuples(st.integers(1, 3), st.sampled_from(("restock", "damaged"))),
+                min_size=1,
+                max_size=2,
+            )
+        )
+        loc = data.draw(st.sampled_from((None, None, *LOCATIONS)))
+        lines = [(s, q, d) for s, (q, d) in drawn.items()]
+        o = self.model.orders.get(oid)
+        if o is not None and kind > 2:  # mostly SKUs the order shipped
+            sent = {r.sku for r in o.res if r.status == "fulfilled"}
+            lines = [ln for ln in lines if ln[0] in sent] or lines
+        if kind == 0 and old is not None:
+            return self.op_return(*old)
+        if kind == 1 and old is not None:
+            rid = old[0]
+        else:
+            self.n += 1
+            rid = f"h{self.tag}-r{self.n}"
+        self.returns_sent.append((rid, oid, lines, loc))
+        return self.op_return(rid, oid, lines, loc)
+
+    def _pick_transfer(self, data: st.DataObject) -> str:
+        """Mostly one of this run's transfers (in transit when there is one); now and then
+        an id nobody created."""
+        ids = sorted(self.model.transfers)
+        moving = [t for t in ids if self.model.transfers[t].status == "in_transit"]
+        ghost = data.draw(st.integers(0, 7)) == 0
+        tid = _choose(data, moving or ids)
+        return f"h{self.tag}-tghost" if ghost or tid is None else tid
+
+    def _transfer_op(self, data: st.DataObject) -> tuple[str, Op]:
+        """A new transfer; now and then a retry of one, or its id with other content."""
+        kind, old = data.draw(st.integers(0, 5)), _choose(data, self.transfers_sent)
+        src = data.draw(st.sampled_from(LOCATIONS))
+        lines = data.draw(
+            st.dictionaries(st.sampled_from(SKUS), st.integers(1, 4), min_size=1, max_size=2)
+        )
+        if kind == 0 and old is not None:
+            return old[0], self.op_transfer(*old)
+        if kind == 1 and old is not None:
+            tid = old[0]
+        else:
+            self.n += 1
+            tid = f"h{self.tag}-t{self.n}"
+        dst = next(loc for loc in LOCATIONS if loc != src)
+        self.transfers_sent.append((tid, src, dst, lines))
+        return tid, self.op_transfer(tid, src, dst, lines)
+
+    def _receive_op(self, data: st.DataObject, tid: str) -> Op:
+        """A receipt of some of the transfer's lines, or of everything in transit; now and
+        then one sent before again, its id with other lines, or a SKU the transfer lacks."""
+        kind, old = data.draw(st.integers(0, 7)), _choose(data, self.receipts_sent)
+        drawn = data.draw(
+            st.dictionaries(st.sampled_from(SKUS), st.integers(1, 3), min_size=1, max_size=2)
+        )
+        if kind == 0 and old is not None:
+            return self.op_receive(*old)
+        if kind == 1 and old is not None:
+            tid = old[0]
+        t = self.model.transfers.get(tid)
+        lines = drawn
+        if t is not None and kind in (2, 3, 4):  # the SKUs it moves, a few units each
+            lines = {s: q for s, q in drawn.items() if s in t.lines} or drawn
+        elif t is not None and kind in (5, 6):  # everything still in transit
+            lines = {s: t.in_transit(s) for s in sorted(t.lines) if t.in_transit(s)} or drawn
+        if kind == 1 and old is not None:
+            rid = old[1]
+        else:
+            self.n += 1
+            rid = f"r{self.n}"
+        self.receipts_sent.append((tid, rid, lines))
+        return self.op_receive(tid, rid, lines)
 
     # ------------------------------------------------------------ payments
 
@@ -873,15 +1321,50 @@ class StockMachine(RuleBasedStateMachine):
 
     async def _db_state(self) -> State:
         pool: asyncpg.Pool = self.backends.pool
-        levels: dict[Level, tuple[int, int]] = {(s, loc): (0, 0) for s in SKUS for loc in LOCATIONS}
+        levels: dict[Level, LevelState] = {
+            (s, loc): (0, 0, 0, 0) for s in SKUS for loc in LOCATIONS
+        }
         for r in await pool.fetch(
-            "SELECT sku, location, on_hand, reserved FROM inventory_levels "
-            "WHERE sku = ANY($1::text[])",
+            "SELECT sku, location, on_hand, reserved, unavailable, safety_stock "
+            "FROM inventory_levels WHERE sku = ANY($1::text[])",
             [self.sku(s) for s in SKUS],
         ):
             levels[(self._unsku(r["sku"]), self._unsku(r["location"]))] = (
                 int(r["on_hand"]),
                 int(r["reserved"]),
+                int(r["unavailable"]),
+                int(r["safety_stock"]),
+            )
+        rets: dict[str, list[tuple[str, str, int, str]]] = {}
+        owner: dict[str, str] = {}
+        for r in await pool.fetch(
+            "SELECT r.return_id, r.order_id, l.sku, l.location, l.quantity, l.disposition "
+            "FROM order_returns r JOIN order_return_lines l USING (return_id, order_id) "
+            "WHERE r.order_id LIKE $1",
+            f"h{self.tag}-%",
+        ):
+            owner[r["return_id"]] = r["order_id"]
+            rets.setdefault(r["return_id"], []).append(
+                (
+                    self._unsku(r["sku"]),
+                    self._unsku(r["location"]),
+                    int(r["quantity"]),
+                    r["disposition"],
+                )
+            )
+        moves: dict[str, tuple[Any, ...]] = {}
+        for r in await pool.fetch(
+            "SELECT t.id, t.from_location, t.to_location, t.status, array_agg("
+            "ROW(l.sku, l.quantity, l.received, l.cancelled) ORDER BY l.sku) AS lines "
+            "FROM transfers t JOIN transfer_lines l ON l.transfer_id = t.id "
+            "WHERE t.id LIKE $1 GROUP BY t.id",
+            f"h{self.tag}-%",
+        ):
+            moves[r["id"]] = (
+                self._unsku(r["from_location"]),
+                self._unsku(r["to_location"]),
+                r["status"],
+                tuple((self._unsku(s), int(q), int(g), int(c)) for s, q, g, c in r["lines"]),
             )
         active = {
             self._unsku(r["code"]): bool(r["active"])
@@ -920,7 +1403,8 @@ class StockMachine(RuleBasedStateMachine):
                 r["cancel_reason"],
                 tuple(sorted(res.get(r["id"], []))),
             )
-        return levels, active, ords
+        returns = {rid: (owner[rid], tuple(sorted(lines))) for rid, lines in rets.items()}
+        return levels, active, ords, returns, moves
 
     async def _ledger_checks(self) -> None:
         pool: asyncpg.Pool = self.backends.pool
@@ -952,7 +1436,8 @@ class StockMachine(RuleBasedStateMachine):
             mine,
         )
         assert paid_released == [], f"paid orders released automatically: {paid_released}"
-        # Units are conserved: on_hand moves only through adjustments and shipments.
+        # Units are conserved (invariant 13): per SKU, on_hand plus what is in transit moves
+        # only through adjustments, shipments and returns; transfers only move them around.
         moved = await pool.fetch(
             "SELECT sku, reason, sum(on_hand_delta) AS units FROM stock_movements "
             "WHERE sku = ANY($1::text[]) AND on_hand_delta <> 0 GROUP BY sku, reason",
@@ -961,11 +1446,37 @@ class StockMachine(RuleBasedStateMachine):
         by: dict[str, dict[str, int]] = {}
         for r in moved:
             by.setdefault(self._unsku(r["sku"]), {})[r["reason"]] = int(r["units"])
+        transit = {
+            self._unsku(r["sku"]): int(r["units"])
+            for r in await pool.fetch(
+                "SELECT sku, sum(in_transit) AS units FROM transfer_lines "
+                "WHERE sku = ANY($1::text[]) GROUP BY sku",
+                skus,
+            )
+        }
+        on_hand = {
+            self._unsku(r["sku"]): int(r["units"])
+            for r in await pool.fetch(
+                "SELECT sku, sum(on_hand) AS units FROM inventory_levels "
+                "WHERE sku = ANY($1::text[]) GROUP BY sku",
+                skus,
+            )
+        }
+        moves = ("transfer_out", "transfer_in", "transfer_cancelled")
         for s in SKUS:
             got = by.get(s, {})
-            assert set(got) <= {ADJUST_REASON, "fulfil"}, got
-            assert got.get(ADJUST_REASON, 0) == self.model.adjusted.get(s, 0), (s, got)
+            assert set(got) <= {ADJUST_REASON, WRITE_OFF_REASON, "fulfil", "returned"}.union(
+                {"returned_damaged", *moves}
+            ), got
+            adjusted = got.get(ADJUST_REASON, 0) + got.get(WRITE_OFF_REASON, 0)
+            returned = got.get("returned", 0) + got.get("returned_damaged", 0)
+            assert adjusted == self.model.adjusted.get(s, 0), (s, got)
             assert -got.get("fulfil", 0) == self.model.shipped.get(s, 0), (s, got)
+            assert returned == self.model.returned.get(s, 0), (s, got)
+            assert -sum(got.get(m, 0) for m in moves) == transit.get(s, 0), (s, got, transit)
+            assert transit.get(s, 0) == self.model.in_transit(s), (s, transit)
+            total = adjusted + got.get("fulfil", 0) + returned
+            assert on_hand.get(s, 0) + transit.get(s, 0) == total, (s, on_hand, transit, got)
 
     def _check_database(self) -> None:
         db = self.runner.run(self._db_state())
@@ -995,7 +1506,7 @@ class StockMachine(RuleBasedStateMachine):
             for a in await catalogue.availability(self.backends, [self.sku(s) for s in SKUS]):
                 s = self._unsku(a.sku)
                 want = {
-                    self.loc(loc): self.model.on_hand[(s, loc)] - self.model.reserved[(s, loc)]
+                    self.loc(loc): self.model.available((s, loc))
                     for loc in LOCATIONS
                     if self.model.active[loc] and (s, loc) in self.model.on_hand
                 }
@@ -1007,7 +1518,7 @@ class StockMachine(RuleBasedStateMachine):
 def test_random_operations_keep_every_invariant(servers: Servers, migrated: str) -> None:
     StockMachine.servers = servers
     run = settings(
-        max_examples=25,
+        max_examples=30,
         stateful_step_count=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
