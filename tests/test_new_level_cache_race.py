@@ -4,8 +4,9 @@ once: Redis must end up listing both locations (invariant 8).
 Found by the state machine (tests/test_stateful.py). ``LevelWriter.lock`` serialises a
 SKU's writers by locking the SKU's *existing* levels; a level another transaction has
 just inserted (``ensure``, not yet committed) is invisible to that lock, so both writers
-go ahead, each stamps and writes the SKU's availability without the other's new level,
-and the higher cache version wins: Redis lacks one location PostgreSQL has.
+went ahead, each wrote the SKU's availability without the other's new level, and the
+higher cache version won: Redis lacked one location PostgreSQL had. ``ensure`` now
+serialises the creation of a SKU's levels on the SKU's row.
 """
 
 from __future__ import annotations

@@ -140,7 +140,19 @@ class LevelWriter:
     async def ensure(self, sku: str, location: str) -> bool:
         """Create an empty level (nothing to record in the ledger: all zeros); returns
         whether it was new. A new level is a new entry in the SKU's cached locations, so
-        the SKU counts as touched."""
+        the SKU counts as touched.
+
+        Creating a SKU's levels is serialised on the SKU's row: a level another
+        transaction has inserted but not committed is invisible to :meth:`lock`, so two
+        transactions creating levels of one SKU at once would each cache the SKU without
+        the other's new location. Existing levels (the hot path) take no such lock. Call
+        it before :meth:`lock`, for several SKUs in sorted order."""
+        exists = await self.conn.fetchval(
+            "SELECT true FROM inventory_levels WHERE sku = $1 AND location = $2", sku, location
+        )
+        if exists:
+            return False
+        await self.conn.execute("SELECT 1 FROM skus WHERE code = $1 FOR UPDATE", sku)
         result = await self.conn.execute(
             "INSERT INTO inventory_levels (sku, location) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             sku,
