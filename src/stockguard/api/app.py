@@ -14,8 +14,8 @@ from stockguard.api import bulk, recovery, returns, transfers, webhooks
 from stockguard.api.auth import ADMIN, SERVICE, Authentication
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
+from stockguard.api.openapi import install_openapi
 from stockguard.api.problems import install_handlers
-from stockguard.api.responses import install_problem_schema
 from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
@@ -59,7 +59,6 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         app.state.backends = backends
     app.state.settings = settings
     install_handlers(app)
-    install_problem_schema(app)
     app.include_router(recovery.router)  # before routes: its paths are more specific
     app.include_router(router)
     app.include_router(webhooks.router)
@@ -78,12 +77,9 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.add_exception_handler(KeyAnswered, on_key_answered)
     # Outermost last: the body limit, then authentication, then idempotency.
     app.add_middleware(Idempotency, pool=pool)
-    app.add_middleware(
-        Authentication,
-        routes=lambda: app.routes,
-        roles={service_role: SERVICE, admin_role: ADMIN},
-        pool=pool,
-    )
+    roles = {service_role: SERVICE, admin_role: ADMIN}
+    install_openapi(app, roles)  # the document reads the roles as Authentication does
+    app.add_middleware(Authentication, routes=lambda: app.routes, roles=roles, pool=pool)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeaderLimit)  # outermost: a huge head is refused before anything
     return app

@@ -24,7 +24,15 @@ from stockguard.domain.errors import Forbidden, StockguardError, Unauthorized
 from stockguard.store import keys
 from stockguard.store.db import CONNECTION_LOST
 
-__all__ = ["ADMIN", "SERVICE", "Authentication", "api_key_of", "bearer_token"]
+__all__ = [
+    "ADMIN",
+    "SERVICE",
+    "Authentication",
+    "api_key_of",
+    "api_routes",
+    "bearer_token",
+    "role_of",
+]
 
 ADMIN, SERVICE = "admin", "service"
 MAX_AUTHORIZATION_BYTES = 1024
@@ -47,22 +55,23 @@ def api_key_of(scope: Scope) -> keys.ApiKey | None:
     return found if isinstance(found, keys.ApiKey) else None
 
 
-def _role(dependant: Dependant, roles: dict[Callable[..., Any], str]) -> str | None:
+def role_of(dependant: Dependant, roles: dict[Callable[..., Any], str]) -> str | None:
+    """The role a route needs (admin wins over service), or None: no key needed."""
     found = roles.get(dependant.call) if dependant.call is not None else None
     for sub in dependant.dependencies:
-        inner = _role(sub, roles)
+        inner = role_of(sub, roles)
         if inner == ADMIN or (inner and not found):
             found = inner
     return found
 
 
-def _api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
     """Every route, also inside included routers (FastAPI keeps those as one entry)."""
     for route in routes:
         if isinstance(route, APIRoute):
             yield route
         elif (included := getattr(route, "original_router", None)) is not None:
-            yield from _api_routes(included.routes)
+            yield from api_routes(included.routes)
 
 
 class Authentication:
@@ -83,8 +92,8 @@ class Authentication:
         if self._needs is None:
             self._needs = [
                 (r, role)
-                for r in _api_routes(self.routes())
-                if (role := _role(r.dependant, self.roles))
+                for r in api_routes(self.routes())
+                if (role := role_of(r.dependant, self.roles))
             ]
         for route, role in self._needs:
             if route.matches(scope)[0] is Match.FULL:

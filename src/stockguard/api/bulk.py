@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError
 
 from stockguard.api import responses as doc
 from stockguard.api.answers import answered
-from stockguard.api.routes import Admin, B, Limit, _id_cursor, actor
+from stockguard.api.routes import Admin, After, B, Limit, _id_cursor, actor
 from stockguard.api.schemas import (
     CODE_PATTERN,
     MAX_CODE,
@@ -83,7 +83,7 @@ def result_json(result: bulk.ItemResult) -> dict[str, Any]:
     "/v1/adjustments/batch",
     tags=["catalogue"],
     response_model=None,
-    responses=doc.documented({200: doc.BatchResult}, 403, 409, 422),
+    responses=doc.answers({200: doc.BatchResult}, "batch_rejected", "cache_unavailable"),
 )
 async def adjust_batch(key: Admin, body: BatchIn, b: B) -> Response:
     items = [adjustment_of(item) for item in body.items]
@@ -146,16 +146,18 @@ def explanation_json(e: Explanation, limit: int) -> dict[str, Any]:
     "/v1/admin/explain",
     tags=["admin"],
     response_model=None,
-    responses=doc.documented({200: doc.Explain}, 403, 404, 422),
+    responses=doc.answers({200: doc.Explain}, "not_found"),
 )
 async def explain_route(
     _key: Admin,
     b: B,
     sku: Annotated[str, Query(pattern=SKU_PATTERN, max_length=MAX_CODE)],
     location: Annotated[str | None, Query(pattern=CODE_PATTERN, max_length=MAX_CODE)] = None,
-    at: Annotated[str | None, Query(max_length=64)] = None,
+    at: Annotated[
+        str | None, Query(max_length=64, json_schema_extra={"format": "date-time"})
+    ] = None,
     limit: Limit = 50,
-    after: Annotated[str | None, Query(max_length=500)] = None,
+    after: After = None,
 ) -> Any:
     when = parse_at(at)
     found = await explain(b.pool, sku, location, when, limit, _id_cursor(after))

@@ -1,35 +1,57 @@
-"""The OpenAPI description of answers: response models of the version-2 routes and their
-problem+json refusals. Documentation only: routes still render their own JSON (byte for
-byte what the idempotency store keeps), these models never re-validate an answer."""
+"""The OpenAPI description of answers: a named model of every JSON body a route answers,
+and :func:`answers`, which builds a route's ``responses=`` from its success bodies and the
+problem ``code``s it can answer (:mod:`stockguard.api.refusals`). Documentation only:
+routes still render their own JSON (byte for byte what the idempotency store keeps), these
+models never re-validate an answer on the request path; schemathesis checks the real
+answers against them (tests/test_schemathesis.py)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from stockguard.api.refusals import Problem, problem_response, status_of
+from stockguard.config import CacheMode
 from stockguard.domain.model import OrderStatus, ReservationStatus
+from stockguard.service.recovery import Outcome
 from stockguard.service.transfers import TransferStatus
 
 __all__ = [
     "AdjustmentResult",
+    "ApiKey",
+    "ApiKeyCreated",
+    "ApiKeyPage",
+    "Availability",
     "BatchItemResult",
     "BatchResult",
+    "Channel",
     "Explain",
+    "Health",
+    "InventoryLogPage",
+    "LedgerPage",
     "Level",
+    "Location",
+    "LocationPage",
     "Order",
+    "OrderPage",
     "Problem",
+    "Readiness",
+    "ReconcileReport",
+    "RecoveryResult",
     "Return",
     "ReturnList",
+    "Sku",
+    "SkuPage",
     "Transfer",
     "TransferPage",
-    "documented",
-    "install_problem_schema",
+    "Verification",
+    "WebhookOutcome",
+    "answers",
+    "header",
+    "raw_body",
 ]
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_REF = "#/components/schemas/Problem"
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Cursor = Annotated[str | None, Field(description="the next page's `after`, or null")]
@@ -40,16 +62,67 @@ class Answer(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details; some codes add members (``errors``, ``lines``...)."""
+# ------------------------------------------------------------ catalogue
 
-    model_config = ConfigDict(extra="allow")
 
-    type: str
-    title: str
-    status: int
-    detail: str
+class Location(Answer):
     code: str
+    name: str
+    priority: int
+    active: bool
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class LocationPage(Answer):
+    items: list[Location]
+    next: Cursor
+
+
+class Channel(Answer):
+    code: str
+    name: str
+    locations: list[str] = Field(description="location codes, highest priority first")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SkuLevel(Answer):
+    location: str
+    on_hand: int
+    reserved: int
+    unavailable: int
+    safety_stock: int
+    available: int
+    active: bool
+
+
+class Sku(Answer):
+    """Totals over active locations; ``levels`` lists every location."""
+
+    sku: str
+    name: str
+    on_hand: int
+    reserved: int
+    unavailable: int
+    safety_stock: int
+    available: int
+    levels: list[SkuLevel]
+
+
+class SkuPage(Answer):
+    items: list[Sku]
+    next: Cursor
+
+
+class SkuAvailability(Answer):
+    sku: str
+    available: int
+    locations: dict[str, int] = Field(description="available units by location code")
+
+
+class Availability(Answer):
+    items: list[SkuAvailability]
 
 
 # ------------------------------------------------------------ stock
@@ -246,44 +319,191 @@ class TransferPage(Answer):
     next: Cursor
 
 
-# ------------------------------------------------------------ operations' responses=
+# ------------------------------------------------------------ orders and admin
 
-_WHY = {
-    200: "Done before: the same request again (replay), or a read",
+
+class OrderPage(Answer):
+    items: list[Order]
+    next: Cursor
+
+
+class RecoveryResult(Answer):
+    outcome: Outcome
+    order: Order | None
+    log_id: int | None
+
+
+class ApiKey(Answer):
+    """An API key as listed: never the key itself."""
+
+    id: str
+    name: str
+    role: Literal["admin", "service"]
+    key_prefix: str
+    created_at: Timestamp
+    revoked_at: Timestamp | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str | None = Field(
+        description="the key, shown only in this answer (null when an Idempotency-Key replays it)"
+    )
+
+
+class ApiKeyPage(Answer):
+    items: list[ApiKey]
+    next: Cursor
+
+
+class LedgerRow(Answer):
+    id: int
+    sku: str
+    location: str
+    on_hand_delta: int
+    reserved_delta: int
+    unavailable_delta: int
+    reason: str
+    order_id: str | None
+    reservation_id: int | None
+    actor: str | None
+    reference: str | None
+    created_at: Timestamp
+
+
+class LedgerPage(Answer):
+    items: list[LedgerRow]
+    next: Cursor
+
+
+class InventoryLog(Answer):
+    id: int
+    order_id: str
+    action: str
+    actor: str
+    reservation_ids: list[int]
+    error_reason: str | None
+    context: dict[str, Any]
+    created_at: Timestamp
+
+
+class InventoryLogPage(Answer):
+    items: list[InventoryLog]
+    next: Cursor
+
+
+class Violation(Answer):
+    invariant: int = Field(description="the invariant's number in DESIGN.md")
+    check: str
+    detail: dict[str, Any]
+
+
+class Verification(Answer):
+    ok: bool
+    violations: list[Violation]
+
+
+class Drift(Answer):
+    sku: str
+    redis: int | None
+    postgres: int
+
+
+class ReconcileReport(Answer):
+    checked: int
+    drifted: list[Drift]
+    repaired: int
+
+
+# ------------------------------------------------------------ payment webhooks
+
+
+class WebhookPaid(Answer):
+    order: Order
+
+
+class WebhookIgnored(Answer):
+    ignored: str = Field(description="why nothing was done (logged too)")
+
+
+class WebhookReplayed(Answer):
+    replayed: Literal[True]
+
+
+WebhookOutcome = WebhookPaid | WebhookIgnored | WebhookReplayed
+
+
+# ------------------------------------------------------------ operations
+
+
+class Health(Answer):
+    ok: bool
+    reason: str | None = None
+
+
+class Readiness(Answer):
+    ok: bool
+    mode: CacheMode
+    checks: dict[str, bool]
+    reasons: dict[str, str] | None = None
+
+
+# ------------------------------------------------------------ bodies routes read raw
+
+# Models that only the document names: request bodies a route reads as bytes (a payment
+# webhook verifies the signature of the exact bytes before it parses them).
+RAW_BODIES: list[type[BaseModel]] = []
+
+
+def raw_body(model: type[BaseModel], *headers: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra=`` of a route that reads its body itself: ``model`` documents the
+    JSON body, ``headers`` (see :func:`header`) the request headers it reads."""
+    RAW_BODIES.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
+        "parameters": list(headers),
+    }
+
+
+def header(name: str, description: str, *, required: bool) -> dict[str, Any]:
+    """A request header parameter."""
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+# ------------------------------------------------------------ responses=
+
+_OK = {
+    200: "OK (also the replay of a request done before)",
     201: "Created",
-    401: "No valid API key",
-    403: "The key's role may not do this",
-    404: "Not found",
-    409: "Refused: the current state does not allow it; nothing changed",
-    422: "Invalid request; nothing changed",
-    503: "Busy or the database is unreachable; retry",
+    202: "Accepted",
+    204: "Done; no body",
+    503: "Not healthy or not ready (see the body)",
 }
 
 
-def documented(ok: dict[int, type[BaseModel]], *problems: int) -> dict[int | str, Any]:
-    """``responses=`` of a route: its success bodies by status and its problem+json ones
-    (every route may also answer 401 and 503)."""
-    out: dict[int | str, Any] = {
-        status: {"model": model, "description": _WHY[status]} for status, model in ok.items()
-    }
-    for status in sorted({401, 503, *problems}):
-        out[status] = {
-            "description": _WHY[status],
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}}},
-        }
+def answers(ok: dict[int, Any], *codes: str) -> dict[int | str, Any]:
+    """``responses=`` of a route: its success bodies by status (a model, a union of models,
+    None for no body, or a ready OpenAPI response object) and its problem+json answers,
+    grouped by status from their ``code``s. The answers every route of a kind shares
+    (401/403 of its role, 413, the Idempotency-Key's) are added by
+    :func:`stockguard.api.openapi.install_openapi`."""
+    out: dict[int | str, Any] = {}
+    for status, body in ok.items():
+        if body is None:
+            out[status] = {"description": _OK[status]}
+        elif isinstance(body, dict):
+            out[status] = body
+        else:
+            out[status] = {"model": body, "description": _OK[status]}
+    by_status: dict[int, list[str]] = defaultdict(list)
+    for code in codes:
+        by_status[status_of(code)].append(code)
+    for status, group in sorted(by_status.items()):
+        out[status] = problem_response(group)
     return out
-
-
-def install_problem_schema(app: FastAPI) -> None:
-    """Put ``Problem`` in the components the problem responses point at (no route returns
-    it as a model, so FastAPI would not)."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = build()  # FastAPI's, cached after the first call
-        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
-            "Problem", Problem.model_json_schema()
-        )
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

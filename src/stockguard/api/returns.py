@@ -50,7 +50,14 @@ class ExtendIn(Strict):
     "/v1/orders/{order_id}/returns",
     status_code=201,
     response_model=None,
-    responses=doc.documented({201: doc.Return, 200: doc.Return}, 404, 409, 422),
+    responses=doc.answers(
+        {201: doc.Return, 200: doc.Return},
+        "not_found",
+        "invalid_transition",
+        "return_exceeds_fulfilled",
+        "conflict",
+        "cache_unavailable",
+    ),
 )
 async def post_return(key: Service, order_id: OrderPath, body: ReturnIn, b: B) -> Response:
     request = returns.ReturnRequest(
@@ -69,7 +76,7 @@ async def post_return(key: Service, order_id: OrderPath, body: ReturnIn, b: B) -
 @router.get(
     "/v1/orders/{order_id}/returns",
     response_model=None,
-    responses=doc.documented({200: doc.ReturnList}, 404, 422),
+    responses=doc.answers({200: doc.ReturnList}, "not_found"),
 )
 async def get_returns(_key: Service, order_id: OrderPath, b: B) -> Any:
     return {"items": [return_json(r) for r in await returns.list_returns(b, order_id)]}
@@ -78,7 +85,9 @@ async def get_returns(_key: Service, order_id: OrderPath, b: B) -> Any:
 @router.post(
     "/v1/orders/{order_id}/extend",
     response_model=None,
-    responses=doc.documented({200: doc.Order}, 404, 409, 422),
+    responses=doc.answers(
+        {200: doc.Order}, "not_found", "invalid_transition", "reservation_expired"
+    ),
 )
 async def extend(key: Service, order_id: OrderPath, body: ExtendIn, b: B) -> Response:
     return await answered(

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -54,7 +54,15 @@ __all__ = ["router"]
 router = APIRouter(route_class=StrictJSONRoute)
 
 Limit = Annotated[int, Query(ge=1, le=500)]
-After = Annotated[str | None, Query(max_length=500)]
+CURSOR_DOC = {"pattern": r"^[A-Za-z0-9_-]+$"}
+After = Annotated[
+    str | None,
+    Query(
+        max_length=500,
+        description="the `next` of the previous page (opaque)",
+        json_schema_extra=CURSOR_DOC,
+    ),
+]
 
 
 _CHARS = {SKU_PATTERN: "A-Z a-z 0-9 . _ : -", CODE_PATTERN: "a-z 0-9 . _ -"}
@@ -108,19 +116,26 @@ def order_cursor(after: str | None) -> tuple[datetime, str] | None:
         raise ValidationFailed(BAD_CURSOR) from exc
 
 
-def _sku_path(sku: str) -> str:
+# The path's rules as the document states them; _path checks them (with its own message).
+SKU_DOC = {"type": "string", "pattern": SKU_PATTERN, "maxLength": MAX_CODE}
+CODE_DOC = {"type": "string", "pattern": CODE_PATTERN, "maxLength": MAX_CODE}
+SkuParam = Annotated[str, Path(json_schema_extra=SKU_DOC)]
+CodeParam = Annotated[str, Path(json_schema_extra=CODE_DOC)]
+
+
+def _sku_path(sku: SkuParam) -> str:
     return _path(sku, SKU_PATTERN, "sku")
 
 
-def _code_path(code: str) -> str:
+def _code_path(code: CodeParam) -> str:
     return _path(code, CODE_PATTERN, "code")
 
 
-def _location_path(location: str) -> str:
+def _location_path(location: CodeParam) -> str:
     return _path(location, CODE_PATTERN, "location")
 
 
-def _order_path(order_id: str) -> str:
+def _order_path(order_id: SkuParam) -> str:
     return _path(order_id, ORDER_ID_PATTERN, "order_id")
 
 
@@ -182,7 +197,12 @@ def _location(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/locations/{code}", tags=["catalogue"])
+@router.put(
+    "/v1/locations/{code}",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.Location, 201: doc.Location}, "cache_unavailable"),
+)
 async def put_location(key: Admin, code: CodePath, body: LocationIn, b: B) -> JSONResponse:
     row, created = await catalogue.put_location(
         b, code, body.name, body.priority, body.active, actor(key)
@@ -190,7 +210,12 @@ async def put_location(key: Admin, code: CodePath, body: LocationIn, b: B) -> JS
     return _json(_location(row), 201 if created else 200)
 
 
-@router.get("/v1/locations", tags=["catalogue"])
+@router.get(
+    "/v1/locations",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.LocationPage}),
+)
 async def list_locations(_key: Service, b: B, limit: Limit = 50, after: After = None) -> Any:
     rows = await catalogue.list_locations(b, limit, _text_cursor(after))
     return page([_location(r) for r in rows], limit, rows[-1]["code"] if rows else None)
@@ -206,13 +231,23 @@ def _channel(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/channels/{code}", tags=["catalogue"])
+@router.put(
+    "/v1/channels/{code}",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.Channel, 201: doc.Channel}),
+)
 async def put_channel(key: Admin, code: CodePath, body: ChannelIn, b: B) -> JSONResponse:
     row, created = await catalogue.put_channel(b, code, body.name, body.locations, actor(key))
     return _json(_channel(row), 201 if created else 200)
 
 
-@router.get("/v1/channels/{code}", tags=["catalogue"])
+@router.get(
+    "/v1/channels/{code}",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.Channel}, "not_found"),
+)
 async def get_channel(_key: Service, code: CodePath, b: B) -> Any:
     return _channel(await catalogue.get_channel(b, code))
 
@@ -242,18 +277,30 @@ def _sku(view: SkuView) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/skus/{sku}", tags=["catalogue"])
+@router.put(
+    "/v1/skus/{sku}",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.Sku, 201: doc.Sku}),
+)
 async def put_sku(key: Admin, sku: SkuPath, body: SkuIn, b: B) -> JSONResponse:
     view, created = await catalogue.put_sku(b, sku, body.name, actor(key))
     return _json(_sku(view), 201 if created else 200)
 
 
-@router.get("/v1/skus/{sku}", tags=["catalogue"])
+@router.get(
+    "/v1/skus/{sku}",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.Sku}, "not_found"),
+)
 async def get_sku(_key: Service, sku: SkuPath, b: B) -> Any:
     return _sku(await catalogue.get_sku(b, sku))
 
 
-@router.get("/v1/skus", tags=["catalogue"])
+@router.get(
+    "/v1/skus", tags=["catalogue"], response_model=None, responses=doc.answers({200: doc.SkuPage})
+)
 async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None) -> Any:
     views = await catalogue.list_skus(b, limit, _text_cursor(after))
     return page([_sku(v) for v in views], limit, views[-1].sku if views else None)
@@ -264,7 +311,13 @@ async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None)
     tags=["catalogue"],
     status_code=201,
     response_model=None,
-    responses=doc.documented({201: doc.AdjustmentResult}, 403, 404, 409, 422),
+    responses=doc.answers(
+        {201: doc.AdjustmentResult},
+        "not_found",
+        "insufficient_stock",
+        "stale_quantity",
+        "cache_unavailable",
+    ),
 )
 async def adjust(key: Admin, sku: SkuPath, body: AdjustmentIn, b: B) -> Response:
     adjustment = body.adjustment(sku)
@@ -292,7 +345,7 @@ def _adjusted(result: catalogue.AdjustResult) -> dict[str, Any]:
     "/v1/skus/{sku}/levels/{location}",
     tags=["catalogue"],
     response_model=None,
-    responses=doc.documented({200: doc.Level, 201: doc.Level}, 403, 404, 422),
+    responses=doc.answers({200: doc.Level, 201: doc.Level}, "not_found", "cache_unavailable"),
 )
 async def put_level(
     key: Admin, sku: SkuPath, location: LocationPath, body: LevelIn, b: B
@@ -303,11 +356,19 @@ async def put_level(
     return _json({"sku": sku, **_level(level)}, 201 if created else 200)
 
 
-@router.get("/v1/availability", tags=["catalogue"])
+@router.get(
+    "/v1/availability",
+    tags=["catalogue"],
+    response_model=None,
+    responses=doc.answers({200: doc.Availability}),
+)
 async def get_availability(
     _key: Service,
     b: B,
-    sku: Annotated[list[str], Query(min_length=1, max_length=500)],
+    sku: Annotated[
+        list[str],
+        Query(min_length=1, max_length=500, json_schema_extra={"items": SKU_DOC}),
+    ],
     channel: Annotated[str | None, Query(pattern=CODE_PATTERN, max_length=MAX_CODE)] = None,
 ) -> Any:
     for s in sku:
@@ -321,7 +382,15 @@ async def get_availability(
 # ------------------------------------------------------------ orders
 
 
-@router.post("/v1/orders", tags=["orders"], status_code=201)
+@router.post(
+    "/v1/orders",
+    tags=["orders"],
+    status_code=201,
+    response_model=None,
+    responses=doc.answers(
+        {201: doc.Order, 200: doc.Order}, "out_of_stock", "conflict", "cache_unavailable"
+    ),
+)
 async def place_order(body: OrderIn, key: Service, b: B) -> Response:
     request = orders.PlaceOrder(
         id=body.id or str(uuid.uuid4()),
@@ -339,12 +408,19 @@ async def place_order(body: OrderIn, key: Service, b: B) -> Response:
     )
 
 
-@router.get("/v1/orders/{order_id}", tags=["orders"])
+@router.get(
+    "/v1/orders/{order_id}",
+    tags=["orders"],
+    response_model=None,
+    responses=doc.answers({200: doc.Order}, "not_found"),
+)
 async def get_order(_key: Service, order_id: OrderPath, b: B) -> Any:
     return order_json(await orders.get_order(b, order_id))
 
 
-@router.get("/v1/orders", tags=["orders"])
+@router.get(
+    "/v1/orders", tags=["orders"], response_model=None, responses=doc.answers({200: doc.OrderPage})
+)
 async def list_orders(
     _key: Service,
     b: B,
@@ -368,7 +444,14 @@ async def list_orders(
     return page([order_json(o) for o in found], limit, last)
 
 
-@router.post("/v1/orders/{order_id}/payments", tags=["orders"])
+@router.post(
+    "/v1/orders/{order_id}/payments",
+    tags=["orders"],
+    response_model=None,
+    responses=doc.answers(
+        {200: doc.Order}, "not_found", "invalid_transition", "conflict", "cache_unavailable"
+    ),
+)
 async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Response:
     proof = orders.PaymentProof(body.provider, body.payment_id, body.amount, body.currency)
     return await answered(
@@ -376,7 +459,12 @@ async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Respo
     )
 
 
-@router.post("/v1/orders/{order_id}/cancel", tags=["orders"])
+@router.post(
+    "/v1/orders/{order_id}/cancel",
+    tags=["orders"],
+    response_model=None,
+    responses=doc.answers({200: doc.Order}, "not_found", "invalid_transition", "cache_unavailable"),
+)
 async def cancel(key: Service, order_id: OrderPath, b: B, body: CancelIn | None = None) -> Response:
     reason = body.reason if body else None
     return await answered(
@@ -385,12 +473,22 @@ async def cancel(key: Service, order_id: OrderPath, b: B, body: CancelIn | None 
     )
 
 
-@router.patch("/v1/orders/{order_id}", tags=["orders"])
+@router.patch(
+    "/v1/orders/{order_id}",
+    tags=["orders"],
+    response_model=None,
+    responses=doc.answers({200: doc.Order}, "not_found", "invalid_transition", "cache_unavailable"),
+)
 async def patch_order(key: Service, order_id: OrderPath, body: StatusIn, b: B) -> Any:
     return order_json(await orders.set_status(b, order_id, OrderStatus(body.status), actor(key)))
 
 
-@router.delete("/v1/orders/{order_id}", tags=["orders"], status_code=204)
+@router.delete(
+    "/v1/orders/{order_id}",
+    tags=["orders"],
+    status_code=204,
+    responses=doc.answers({204: None}, "not_found", "order_not_deletable", "cache_unavailable"),
+)
 async def delete_order(key: Service, order_id: OrderPath, b: B) -> Response:
     await orders.delete_order(b, order_id, actor(key))
     return Response(status_code=204)
@@ -415,7 +513,13 @@ def _key_json(k: keys.ApiKey) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/admin/api-keys", tags=["admin"], status_code=201)
+@router.post(
+    "/v1/admin/api-keys",
+    tags=["admin"],
+    status_code=201,
+    response_model=None,
+    responses=doc.answers({201: doc.ApiKeyCreated}),
+)
 async def create_api_key(body: ApiKeyIn, key: Admin, b: B) -> Response:
     async def create(uow: UnitOfWork) -> tuple[keys.ApiKey, str]:
         return await keys.create_key(uow.conn, body.role, body.name)
@@ -428,7 +532,12 @@ async def create_api_key(body: ApiKeyIn, key: Admin, b: B) -> Response:
     )
 
 
-@router.get("/v1/admin/api-keys", tags=["admin"])
+@router.get(
+    "/v1/admin/api-keys",
+    tags=["admin"],
+    response_model=None,
+    responses=doc.answers({200: doc.ApiKeyPage}),
+)
 async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
     cursor = decode_cursor(after)
     if cursor is not None and not (isinstance(cursor, str) and _UUID.fullmatch(cursor)):
@@ -438,8 +547,17 @@ async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = Non
     return page([_key_json(k) for k in found], limit, found[-1].id if found else None)
 
 
-@router.delete("/v1/admin/api-keys/{key_id}", tags=["admin"], status_code=204)
-async def revoke_api_key(key: Admin, key_id: str, b: B) -> Response:
+@router.delete(
+    "/v1/admin/api-keys/{key_id}",
+    tags=["admin"],
+    status_code=204,
+    responses=doc.answers({204: None}, "not_found"),
+)
+async def revoke_api_key(
+    key: Admin,
+    key_id: Annotated[str, Path(json_schema_extra={"pattern": f"^{_UUID.pattern}$"})],
+    b: B,
+) -> Response:
     if not _UUID.fullmatch(key_id):
         raise NotFound("no such api key")
 
@@ -451,7 +569,12 @@ async def revoke_api_key(key: Admin, key_id: str, b: B) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/admin/movements", tags=["admin"])
+@router.get(
+    "/v1/admin/movements",
+    tags=["admin"],
+    response_model=None,
+    responses=doc.answers({200: doc.LedgerPage}),
+)
 async def movements(
     _key: Admin,
     b: B,
@@ -462,7 +585,8 @@ async def movements(
 ) -> Any:
     cursor = _id_cursor(after)
     rows = await b.pool.fetch(
-        "SELECT id, sku, location, on_hand_delta, reserved_delta, reason, order_id, "
+        "SELECT id, sku, location, on_hand_delta, reserved_delta, unavailable_delta, reason, "
+        "order_id, "
         "reservation_id, actor, reference, created_at FROM stock_movements "
         "WHERE ($1::text IS NULL OR sku = $1) AND ($2::text IS NULL OR order_id = $2) "
         "AND ($3::bigint IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
@@ -475,7 +599,12 @@ async def movements(
     return page(items, limit, rows[-1]["id"] if rows else None)
 
 
-@router.get("/v1/admin/orders/{order_id}/inventory-logs", tags=["admin"])
+@router.get(
+    "/v1/admin/orders/{order_id}/inventory-logs",
+    tags=["admin"],
+    response_model=None,
+    responses=doc.answers({200: doc.InventoryLogPage}),
+)
 async def inventory_logs(
     _key: Admin, order_id: OrderPath, b: B, limit: Limit = 50, after: After = None
 ) -> Any:
@@ -499,7 +628,12 @@ async def inventory_logs(
     return page(items, limit, rows[-1]["id"] if rows else None)
 
 
-@router.get("/v1/admin/verify", tags=["admin"])
+@router.get(
+    "/v1/admin/verify",
+    tags=["admin"],
+    response_model=None,
+    responses=doc.answers({200: doc.Verification}),
+)
 async def verify_invariants(_key: Admin, b: B) -> Any:
     async with b.pool.acquire() as conn:
         found = await verify(conn)
@@ -511,7 +645,12 @@ async def verify_invariants(_key: Admin, b: B) -> Any:
     }
 
 
-@router.post("/v1/admin/cache/reconcile", tags=["admin"])
+@router.post(
+    "/v1/admin/cache/reconcile",
+    tags=["admin"],
+    response_model=None,
+    responses=doc.answers({200: doc.ReconcileReport}),
+)
 async def reconcile_cache(_key: Admin, b: B, body: ReconcileIn | None = None) -> Any:
     report = await reconcile(b, repair=body.repair if body else False)
     return {
@@ -527,9 +666,18 @@ async def reconcile_cache(_key: Admin, b: B, body: ReconcileIn | None = None) ->
 
 
 HEALTH_POOL_WAIT_SECONDS = 5.0
+METRICS = {
+    "description": "Prometheus text exposition",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 
 
-@router.get("/healthz", tags=["operations"])
+@router.get(
+    "/healthz",
+    tags=["operations"],
+    response_model=None,
+    responses=doc.answers({200: doc.Health, 503: doc.Health}),
+)
 async def healthz(b: B) -> JSONResponse:
     """Alive: the event loop answers and the pool can hand out a connection. A pool that
     cannot within a few seconds while PostgreSQL itself answers is a wedged process
@@ -550,7 +698,12 @@ async def healthz(b: B) -> JSONResponse:
     return _json({"ok": True}, 200)
 
 
-@router.get("/readyz", tags=["operations"])
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    response_model=None,
+    responses=doc.answers({200: doc.Readiness, 503: doc.Readiness}),
+)
 async def readyz(b: B) -> JSONResponse:
     checks: dict[str, bool] = {}
     reasons: dict[str, str] = {}
@@ -585,6 +738,11 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-@router.get("/metrics", tags=["operations"])
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=Response,
+    responses=doc.answers({200: METRICS}),
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

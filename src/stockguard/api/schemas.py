@@ -51,6 +51,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")]
 Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
 BIG = 1_000_000_000
+NOT_ZERO: dict[str, Any] = {"not": {"const": 0}}
 
 
 class Strict(BaseModel):
@@ -65,18 +66,48 @@ class LocationIn(Strict):
 
 class ChannelIn(Strict):
     name: Name
-    locations: list[Code] = Field(default_factory=list, max_length=1000)
+    locations: list[Code] = Field(
+        default_factory=list, max_length=1000, json_schema_extra={"uniqueItems": True}
+    )
 
 
 class SkuIn(Strict):
     name: Name
 
 
+def _form(
+    given: str, number: dict[str, Any], reason: dict[str, Any], write_off: bool = False
+) -> dict[str, Any]:
+    """One form of an adjustment, as JSON Schema: ``given`` is set, the others are not."""
+    null: dict[str, Any] = {"type": "null"}
+    props = {name: null for name in ("delta", "set_on_hand", "unavailable_delta", "from")}
+    props |= {given: {"type": "integer", **number}, "reason": reason}
+    if write_off:
+        props["from"] = {"const": "unavailable"}
+    return {"required": [given, "from"] if write_off else [given], "properties": props}
+
+
+_NOT_QC = {"not": {"const": "quality_control"}}
+# The forms of docs/API.md, which service.catalogue._check_form enforces; the document
+# states them so a generated client or test knows which combinations are valid.
+ADJUSTMENT_FORMS: dict[str, Any] = {
+    "oneOf": [
+        _form("delta", {}, _NOT_QC),
+        _form("set_on_hand", {}, _NOT_QC),
+        _form("unavailable_delta", {"minimum": 1}, {"enum": ["damaged", "quality_control"]}),
+        _form("unavailable_delta", {"maximum": -1}, {"enum": ["restock", "correction"]}),
+        _form("delta", {"maximum": -1}, _NOT_QC, write_off=True),
+    ]
+}
+
+
 class AdjustmentIn(Strict):
+    model_config = ConfigDict(json_schema_extra=ADJUSTMENT_FORMS)
+
     location: Code
-    delta: int | None = Field(default=None, ge=-BIG, le=BIG)
+    delta: int | None = Field(default=None, ge=-BIG, le=BIG, json_schema_extra=NOT_ZERO)
     set_on_hand: int | None = Field(default=None, ge=0, le=BIG)
-    unavailable_delta: int | None = Field(default=None, ge=-BIG, le=BIG)
+    unavailable_delta: int | None = Field(default=None, ge=-BIG, le=BIG, json_schema_extra=NOT_ZERO)
     from_: Literal["unavailable"] | None = Field(default=None, alias="from")
     reason: Literal[
         "received",

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from stockguard.api import responses as doc
 from stockguard.api.answers import answered
-from stockguard.api.routes import Admin, After, B, Limit, actor, order_cursor
+from stockguard.api.routes import Admin, After, B, Limit, SkuParam, actor, order_cursor
 from stockguard.api.schemas import (
     MAX_CODE,
     ORDER_ID_PATTERN,
@@ -52,7 +52,7 @@ class ReceiptIn(Strict):
     lines: list[TransferLineIn] = Field(min_length=1, max_length=transfers.MAX_LINES)
 
 
-def _transfer_path(transfer_id: str) -> str:
+def _transfer_path(transfer_id: SkuParam) -> str:
     if len(transfer_id) > MAX_CODE or not re.fullmatch(ORDER_ID_PATTERN, transfer_id):
         raise ValidationFailed(
             f"transfer_id: must be 1 to {MAX_CODE} characters of A-Z a-z 0-9 . _ : -, not only dots"
@@ -102,7 +102,12 @@ def _written(w: transfers.Written) -> tuple[int, Any]:
     "/v1/transfers",
     status_code=201,
     response_model=None,
-    responses=doc.documented({201: doc.Transfer, 200: doc.Transfer}, 403, 409, 422),
+    responses=doc.answers(
+        {201: doc.Transfer, 200: doc.Transfer},
+        "insufficient_stock",
+        "conflict",
+        "cache_unavailable",
+    ),
 )
 async def create_transfer(key: Admin, body: TransferIn, b: B) -> Response:
     req = transfers.CreateTransfer(
@@ -119,7 +124,14 @@ async def create_transfer(key: Admin, body: TransferIn, b: B) -> Response:
     "/v1/transfers/{transfer_id}/receipts",
     status_code=201,
     response_model=None,
-    responses=doc.documented({201: doc.Transfer, 200: doc.Transfer}, 403, 404, 409, 422),
+    responses=doc.answers(
+        {201: doc.Transfer, 200: doc.Transfer},
+        "not_found",
+        "conflict",
+        "invalid_transition",
+        "receipt_exceeds_in_transit",
+        "cache_unavailable",
+    ),
 )
 async def receive_transfer(
     key: Admin, transfer_id: TransferPath, body: ReceiptIn, b: B
@@ -135,7 +147,9 @@ async def receive_transfer(
 @router.post(
     "/v1/transfers/{transfer_id}/cancel",
     response_model=None,
-    responses=doc.documented({200: doc.Transfer}, 403, 404, 409, 422),
+    responses=doc.answers(
+        {200: doc.Transfer}, "not_found", "invalid_transition", "cache_unavailable"
+    ),
 )
 async def cancel_transfer(key: Admin, transfer_id: TransferPath, b: B) -> Response:
     return await answered(
@@ -147,7 +161,7 @@ async def cancel_transfer(key: Admin, transfer_id: TransferPath, b: B) -> Respon
 @router.get(
     "/v1/transfers/{transfer_id}",
     response_model=None,
-    responses=doc.documented({200: doc.Transfer}, 403, 404, 422),
+    responses=doc.answers({200: doc.Transfer}, "not_found"),
 )
 async def get_transfer(_key: Admin, transfer_id: TransferPath, b: B) -> Any:
     return transfer_json(await transfers.get_transfer(b, transfer_id))
@@ -156,7 +170,7 @@ async def get_transfer(_key: Admin, transfer_id: TransferPath, b: B) -> Any:
 @router.get(
     "/v1/transfers",
     response_model=None,
-    responses=doc.documented({200: doc.TransferPage}, 403, 422),
+    responses=doc.answers({200: doc.TransferPage}),
 )
 async def list_transfers(
     _key: Admin,
