@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import asyncpg
 import pytest
 
+from stockguard.service import catalogue, orders
+from stockguard.service.orders import PlaceOrder
 from stockguard.service.uow import Backends
 from stockguard.store.events import read_feed, sequence_events
+from tests.conftest import Stocker
+from tests.helpers import race
 
 ROUNDS = 20
 WRITERS = 8
@@ -103,3 +109,74 @@ async def test_no_reader_misses_an_event_that_commits_late(backends: Backends, u
         naive_missed += WRITERS - naive
     # The hazard the design avoids: numbers taken at insert time skip late commits.
     assert naive_missed > 0
+
+
+Chain = list[tuple[int, int]]
+
+
+async def _chains(pool: asyncpg.Pool, sku: str) -> tuple[Chain, Chain]:
+    """(on_hand, reserved) after each transaction that changed the SKU: as its
+    ``stock.changed`` events say in seq order, and as the ledger says (rows grouped by
+    transaction, in the order the transactions wrote them under the SKU's locks)."""
+    await pool.fetchval("SELECT stockguard_sequence_events(1000000)")
+    told = [
+        (r["data"]["on_hand"], r["data"]["reserved"])
+        for r in await pool.fetch(
+            "SELECT data FROM events WHERE type = 'stock.changed' AND data->>'sku' = $1 "
+            "ORDER BY seq",
+            sku,
+        )
+    ]
+    groups = await pool.fetch(
+        """
+        SELECT sum(on_hand_delta) AS on_hand, sum(reserved_delta) AS reserved
+        FROM stock_movements WHERE sku = $1
+        GROUP BY xmin::text ORDER BY min(id)
+        """,
+        sku,
+    )
+    ledger: Chain = []
+    on_hand = reserved = 0
+    for g in groups:
+        on_hand, reserved = on_hand + g["on_hand"], reserved + g["reserved"]
+        ledger.append((on_hand, reserved))
+    return told, ledger
+
+
+@pytest.mark.usefixtures("backends")
+async def test_one_skus_events_are_in_its_commit_order(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """Cancels (which lock their order, and so take a transaction id, before queueing for
+    the SKU) race placements and receipts of one hot SKU: its ``stock.changed`` events in
+    seq order tell the same history as its ledger, the last one what the level holds."""
+    sku, loc = f"CO{uid}", f"w{uid}"
+    await stock({sku: {loc: 1000}})
+    for r in range(ROUNDS):
+        held = [f"O{uid}-{r}-{i}" for i in range(4)]
+        for oid in held:
+            await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
+        contenders: list[Callable[[], Awaitable[object]]] = [
+            *(partial(orders.cancel_order, backends, oid, "t") for oid in held),
+            *(
+                partial(
+                    orders.place_order, backends, PlaceOrder(f"N{uid}-{r}-{i}", ((sku, 2),)), "t"
+                )
+                for i in range(3)
+            ),
+            partial(
+                catalogue.adjust_stock,
+                backends,
+                catalogue.Adjustment(sku, loc, "received", delta=1),
+                "t",
+            ),
+        ]
+        results = await race(*contenders)
+        assert not [x for x in results if isinstance(x, BaseException)]
+    told, ledger = await _chains(backends.pool, sku)
+    assert told == ledger
+    level = await backends.pool.fetchrow(
+        "SELECT on_hand, reserved FROM inventory_levels WHERE sku = $1", sku
+    )
+    assert level is not None
+    assert told[-1] == (level["on_hand"], level["reserved"])

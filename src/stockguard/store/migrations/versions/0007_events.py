@@ -8,8 +8,9 @@ and their deliveries (DESIGN.md §10, invariant 14; API.md "Outgoing events").
   skip an event that commits late with a smaller id. ``seq`` is given only after commit,
   by the *sequencer* (``stockguard_sequence_events``), one pass at a time (the
   ``event_counter`` row is its lock), each numbering on from the last ``seq`` the events
-  it sees committed. A reader that has seen ``seq = N`` therefore never later finds an
-  unseen event with ``seq <= N``. An event never changes after it is written, except
+  it sees committed, in insert order (which is commit order for two transactions that
+  touched the same SKU or order). ``txid`` names the writing transaction. A reader that
+  has seen ``seq = N`` therefore never later finds an unseen event with ``seq <= N``. An event never changes after it is written, except
   that its ``seq`` is set once (trigger).
 - ``event_counter``: the last ``seq`` given, and the last ``seq`` retention removed
   (``after`` below it → 410 ``events_expired``).
@@ -66,7 +67,7 @@ CREATE TABLE events (
     CONSTRAINT events_ping_has_endpoint CHECK ((type = 'ping') = (endpoint_id IS NOT NULL)),
     CONSTRAINT events_ping_not_in_feed CHECK (type <> 'ping' OR seq IS NULL)
 );
-CREATE INDEX events_unsequenced ON events (txid, id) WHERE seq IS NULL AND type <> 'ping';
+CREATE INDEX events_unsequenced ON events (id) WHERE seq IS NULL AND type <> 'ping';
 CREATE INDEX events_by_occurred ON events (occurred_at) WHERE seq IS NOT NULL;
 
 CREATE TABLE event_counter (
@@ -121,11 +122,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         OR split_part(event_type, '.', 1) || '.*' = ANY(patterns)
 $$;
 
--- Number the committed, unnumbered events, in (txid, id) order, on from the last seq,
--- and make their deliveries; returns how many. The counter row is the sequencer's lock:
+-- Number the committed, unnumbered events, in insert order, on from the last seq, and
+-- make their deliveries; returns how many. The counter row is the sequencer's lock:
 -- one runs at a time (another returns 0 at once), and each numbers only what it can
 -- see committed, so a seq is given after its event committed and every later pass gives
 -- larger ones: numbers appear in the feed in increasing order, never behind a reader.
+-- Within a pass, insert order is commit order for any two transactions that touched
+-- the same SKU or order: each writes its events after taking the locks that serialise
+-- it with the other (the outbox is flushed last), so the later one inserts after the
+-- earlier one committed.
 CREATE FUNCTION stockguard_sequence_events(max_rows integer) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -137,10 +142,10 @@ BEGIN
         RETURN 0;
     END IF;
     WITH ready AS (
-        SELECT id, row_number() OVER (ORDER BY txid, id) AS k
-        FROM (SELECT id, txid FROM events
+        SELECT id, row_number() OVER (ORDER BY id) AS k
+        FROM (SELECT id FROM events
               WHERE seq IS NULL AND type <> 'ping'
-              ORDER BY txid, id
+              ORDER BY id
               LIMIT max_rows) AS r
     )
     UPDATE events e SET seq = base + ready.k FROM ready WHERE e.id = ready.id;
