@@ -10,8 +10,9 @@ and their deliveries (DESIGN.md §10, invariant 14; API.md "Outgoing events").
   ``event_counter`` row is its lock), each numbering on from the last ``seq`` the events
   it sees committed, in insert order (which is commit order for two transactions that
   touched the same SKU or order). ``txid`` names the writing transaction. A reader that
-  has seen ``seq = N`` therefore never later finds an unseen event with ``seq <= N``. An event never changes after it is written, except
-  that its ``seq`` is set once (trigger).
+  has seen ``seq = N`` therefore never later finds an unseen event with ``seq <= N``.
+  An event never changes after it is written, except that its ``seq`` is set once
+  (trigger).
 - ``event_counter``: the last ``seq`` given, and the last ``seq`` retention removed
   (``after`` below it → 410 ``events_expired``).
 - ``webhook_endpoints`` and ``webhook_deliveries``: one delivery per (endpoint, event),
