@@ -127,7 +127,7 @@ def schemathesis_run(location: str, *args: str) -> subprocess.CompletedProcess[s
         *[sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run"],
         *[location, "--checks", "all", "--seed", SEED, "--no-color", *args],
     ]
-    return subprocess.run(  # noqa: S603 - our own command line
+    return subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS
     )
 
@@ -156,7 +156,7 @@ def test_every_operation_answers_as_the_document_says(live_url: str) -> None:
     assert generated == passed > 40 * MAX_EXAMPLES, output[-3000:]
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert re.search(rf"✅ {phase}", output), (phase, output[-3000:])
-    print(f"schemathesis: {generated} cases in {time.monotonic() - started:.0f} s")  # noqa: T201
+    print(f"schemathesis: {generated} cases in {time.monotonic() - started:.0f} s")
 
 
 def test_a_document_that_drifted_is_caught(live_url: str, tmp_path: Path) -> None:

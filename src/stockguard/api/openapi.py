@@ -115,6 +115,7 @@ def document(app: FastAPI, build: Callable[[], dict[str, Any]], roles: dict[Any,
             "`service` (service or admin keys) or `admin`.",
         }
     }
+    schema["webhooks"] = {"event": EVENT_DELIVERY}
     for route in api_routes(app.routes):
         role = role_of(route.dependant, roles)
         for method in sorted(route.methods or ()):
@@ -125,6 +126,40 @@ def document(app: FastAPI, build: Callable[[], dict[str, Any]], roles: dict[Any,
             operation["security"] = [{SECURITY_SCHEME: [role]}]
             if method == "POST":
                 operation.setdefault("parameters", []).append(dict(IDEMPOTENCY_KEY))
+
+
+def _delivery(header: str, description: str) -> dict[str, Any]:
+    return {
+        "name": header,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+# Outgoing webhooks (API.md "Outgoing events", Standard Webhooks): what stockguard sends.
+EVENT_DELIVERY: dict[str, Any] = {
+    "post": {
+        "summary": "An event delivered to a webhook endpoint",
+        "description": "At least once, in `seq` order per endpoint; retried with backoff "
+        "until a 2xx within 10 s. Verify `webhook-signature` = `v1,<base64 HMAC-SHA256(key, "
+        '"{webhook-id}.{webhook-timestamp}.{body}")>` where `key` is the base64-decoding of '
+        "the endpoint's secret after `whsec_`.",
+        "operationId": "event_delivery",
+        "tags": ["events"],
+        "parameters": [
+            _delivery("webhook-id", "the event id: the same on every attempt"),
+            _delivery("webhook-timestamp", "unix seconds of this attempt"),
+            _delivery("webhook-signature", "`v1,<base64 signature>`"),
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": REF + "Event"}}},
+        },
+        "responses": {"2XX": {"description": "Acknowledged; anything else is retried"}},
+    }
+}
 
 
 def install_openapi(app: FastAPI, roles: dict[Any, str]) -> None:

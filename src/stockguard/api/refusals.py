@@ -224,6 +224,14 @@ class BatchRejectedProblem(ProblemBody):
     items: list[FailedItem]
 
 
+class EventsExpiredProblem(ProblemBody):
+    """``after`` is older than retention kept: start again from ``pruned_through``."""
+
+    code: Literal["events_expired"]
+    status: Literal[410]
+    pruned_through: int
+
+
 class PayloadTooLargeProblem(ProblemBody):
     code: Literal["payload_too_large"]
     status: Literal[413]
@@ -236,6 +244,7 @@ class ValidationErrorProblem(ProblemBody):
     status: Literal[422]
     errors: list[FieldError] | None = None
     error_count: int | None = None
+    known: list[str] | None = Field(default=None, description="the values allowed")
 
 
 class IdempotencyKeyReusedProblem(ProblemBody):
@@ -294,6 +303,7 @@ PROBLEMS: dict[str, type[ProblemBody]] = {
         ReservationExpiredProblem,
         ConflictProblem,
         BatchRejectedProblem,
+        EventsExpiredProblem,
         PayloadTooLargeProblem,
         ValidationErrorProblem,
         IdempotencyKeyReusedProblem,
@@ -322,7 +332,7 @@ _WHY = {
     403: "The key's role may not do this",
     404: "Not found",
     409: "Refused: the current state does not allow it; nothing changed",
-    410: "Gone",
+    410: "Gone: the events after this seq were removed by retention",
     413: "The request body is too large",
     422: "Invalid request; nothing changed",
     431: "The request line and headers are too large",

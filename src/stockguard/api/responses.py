@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from stockguard.api.refusals import Problem, problem_response, status_of
 from stockguard.config import CacheMode
@@ -27,6 +27,8 @@ __all__ = [
     "BatchItemResult",
     "BatchResult",
     "Channel",
+    "Event",
+    "EventPage",
     "Explain",
     "Health",
     "InventoryLogPage",
@@ -107,6 +109,7 @@ class Sku(Answer):
     unavailable: int
     safety_stock: int
     available: int
+    low_stock_threshold: int | None
     levels: list[SkuLevel]
 
 
@@ -319,6 +322,133 @@ class TransferPage(Answer):
     next: Cursor
 
 
+# ------------------------------------------------------------ events
+
+
+class StockChangedData(Answer):
+    """``stock.changed``: the SKU's totals over active locations after the change."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    unavailable: int
+    safety_stock: int
+    available: int
+    locations: dict[str, int] = Field(description="available per active location")
+
+
+class StockEdgeData(Answer):
+    """``stock.out_of_stock``, ``stock.back_in_stock`` and ``stock.low`` (with
+    ``threshold``)."""
+
+    sku: str
+    available: int
+    threshold: int | None = None
+
+
+class OrderEventData(Answer):
+    """``order.*``: the order as ``GET /v1/orders/{id}`` shows it after the change."""
+
+    order: Order
+    reason: str | None = None
+
+
+class PaymentInconsistencyData(Answer):
+    order_id: str
+    reason: str
+    provider: str | None = None
+    payment_id: str | None = None
+
+
+class TransferEventData(Answer):
+    """``transfer.shipped``, ``transfer.received`` (each receipt), ``transfer.cancelled``."""
+
+    transfer: Transfer
+
+
+class PingData(Answer):
+    endpoint_id: str
+
+
+class EventBase(Answer):
+    id: str = Field(description="evt_…; every delivery attempt carries the same id")
+    seq: int | None = Field(description="commit order; null only for a ping")
+    occurred_at: Timestamp
+
+
+class StockChangedEvent(EventBase):
+    type: Literal["stock.changed"]
+    data: StockChangedData
+
+
+class StockEdgeEvent(EventBase):
+    type: Literal["stock.out_of_stock", "stock.back_in_stock", "stock.low"]
+    data: StockEdgeData
+
+
+class OrderEvent(EventBase):
+    type: Literal[
+        "order.placed",
+        "order.paid",
+        "order.needs_review",
+        "order.cancelled",
+        "order.deleted",
+        "order.shipped",
+        "order.delivered",
+        "order.expired",
+        "order.recovered",
+        "order.returned",
+    ]
+    data: OrderEventData
+
+
+class PaymentInconsistencyEvent(EventBase):
+    type: Literal["payment.inconsistency"]
+    data: PaymentInconsistencyData
+
+
+class TransferEvent(EventBase):
+    type: Literal["transfer.shipped", "transfer.received", "transfer.cancelled"]
+    data: TransferEventData
+
+
+class PingEvent(EventBase):
+    type: Literal["ping"]
+    data: PingData
+
+
+EVENT_MODELS = (
+    StockChangedEvent,
+    StockEdgeEvent,
+    OrderEvent,
+    PaymentInconsistencyEvent,
+    TransferEvent,
+    PingEvent,
+)
+
+
+class Event(
+    RootModel[
+        Annotated[
+            StockChangedEvent
+            | StockEdgeEvent
+            | OrderEvent
+            | PaymentInconsistencyEvent
+            | TransferEvent
+            | PingEvent,
+            Field(discriminator="type"),
+        ]
+    ]
+):
+    """One event, as the feed lists it and a webhook delivers it (the body); ``data``
+    by ``type``."""
+
+
+class EventPage(Answer):
+    items: list[Event]
+    next: int | None = Field(description="the seq to pass as `after`, or null: nothing newer now")
+
+
 # ------------------------------------------------------------ orders and admin
 
 
@@ -429,7 +559,8 @@ class WebhookReplayed(Answer):
     replayed: Literal[True]
 
 
-WebhookOutcome = WebhookPaid | WebhookIgnored | WebhookReplayed
+class WebhookOutcome(RootModel[WebhookPaid | WebhookIgnored | WebhookReplayed]):
+    """``order`` when the event paid it; else why it was ignored, or that it was a replay."""
 
 
 # ------------------------------------------------------------ operations
