@@ -1,5 +1,5 @@
 """Schemathesis hooks for runs against a served stockguard (tests/schemathesis.toml loads
-this module; tests/test_schemathesis.py and the longer run in docs/TESTING.md use it).
+this module; tests/test_schemathesis.py and the longer run in docs/OPENAPI.md use it).
 
 - ``problem_json_on_4xx``: every 4xx is RFC 9457 problem+json whose ``status`` is the
   response's and which names a ``code`` (a check of our own, beside schemathesis' own).

@@ -95,6 +95,33 @@ async def test_redis_timeout_during_cancel_answers_503_and_changes_nothing(
     assert await _snapshot(own.strict.pool, sku, loc) == before
 
 
+async def test_reconcile_with_redis_down_answers_503_cache_unavailable(
+    own: OwnRedis,
+    stock_in: Callable[..., Awaitable[None]],
+    uid: str,
+    settings: Settings,
+    api_keys: Keys,
+) -> None:
+    """Not a 500: the answer the document (and API.md) give for an unreachable cache."""
+    await stock_in({f"S{uid}": {f"w{uid}": 1}})
+    app = build_app(settings, own.strict)
+    headers = {"Authorization": f"Bearer {api_keys.admin}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as client:
+        own.kill()
+        try:
+            response = await client.post("/v1/admin/cache/reconcile", json={"repair": True})
+        finally:
+            own.restart()
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "cache_unavailable"
+        again = await client.post("/v1/admin/cache/reconcile", json={"repair": True})
+        assert again.status_code == 200, again.text
+        assert again.json()["checked"] >= 1
+
+
 @pytest.mark.parametrize("operation", ["reserve", "delete", "ship", "adjust", "pay_late"])
 async def test_redis_failure_rolls_back_every_level_change(
     own: OwnRedis, stock_in: Callable[..., Awaitable[None]], uid: str, operation: str

@@ -14,7 +14,7 @@ writes touch no other test's data. ``schemathesis run`` (the CLI, in a subproces
 why, is in the hooks' docstring.
 
 CI runs it bounded (``MAX_EXAMPLES`` per operation and phase, a fixed seed; about a minute
-on 2 cores). The longer run (docs/TESTING.md) is the same command against
+on 2 cores). The longer run (docs/OPENAPI.md, figures there) is the same command against
 ``stockguard serve`` with more examples and a random seed::
 
     STOCKGUARD_BOOTSTRAP_ADMIN_KEY=... STOCKGUARD_STRIPE_WEBHOOK_SECRET=... \\
@@ -115,7 +115,7 @@ def live_url(servers: Servers, settings: Settings) -> Iterator[str]:
 
 
 def schemathesis_run(location: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``schemathesis run location --checks all ...`` as docs/TESTING.md runs it."""
+    """``schemathesis run location --checks all ...`` as docs/OPENAPI.md runs it."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),

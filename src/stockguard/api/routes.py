@@ -39,12 +39,18 @@ from stockguard.api.schemas import (
 )
 from stockguard.api.strict import StrictJSONRoute
 from stockguard.config import CacheMode
-from stockguard.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from stockguard.domain.errors import (
+    CacheUnavailable,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    ValidationFailed,
+)
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
 from stockguard.service.catalogue import SkuView
 from stockguard.service.reconcile import reconcile
-from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
 from stockguard.service.verify import verify
 from stockguard.store import keys
 from stockguard.store.orders import find_orders
@@ -653,10 +659,16 @@ async def verify_invariants(_key: Admin, b: B) -> Any:
     "/v1/admin/cache/reconcile",
     tags=["admin"],
     response_model=None,
-    responses=doc.answers({200: doc.ReconcileReport}),
+    responses=doc.answers({200: doc.ReconcileReport}, "cache_unavailable"),
 )
 async def reconcile_cache(_key: Admin, b: B, body: ReconcileIn | None = None) -> Any:
-    report = await reconcile(b, repair=body.repair if body else False)
+    try:
+        report = await reconcile(b, repair=body.repair if body else False)
+    except CACHE_ERRORS as exc:  # was a 500: the contract's answer is 503 cache_unavailable
+        raise CacheUnavailable(
+            "the availability cache cannot be read; reconcile again when Redis answers "
+            "(what was repaired before stays repaired)"
+        ) from exc
     return {
         "checked": report.checked,
         "drifted": [
