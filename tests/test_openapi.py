@@ -15,7 +15,7 @@ import pytest
 from stockguard.api import refusals
 from stockguard.api.app import build_app
 from stockguard.api.auth import ADMIN, SERVICE, api_routes, role_of
-from stockguard.api.openapi import SECURITY_SCHEME
+from stockguard.api.openapi import SECURITY_SCHEME, _complete
 from stockguard.api.routes import admin_role, service_role
 from stockguard.config import Settings
 from stockguard.domain import errors
@@ -171,3 +171,12 @@ def test_every_error_code_has_a_problem_schema_with_its_status() -> None:
         if required <= set(refusals.ProblemBody.model_fields):  # no members of its own
             body = {"type": "t", "title": cls.title, "status": cls.status, "detail": "d"}
             model.model_validate({**body, "code": cls.code})
+
+
+def test_a_status_cannot_be_both_an_answer_and_a_problem() -> None:
+    declared = {"409": {"content": {"application/json": {"schema": {}}}}}
+    with pytest.raises(AssertionError, match="both an answer and a problem"):
+        _complete(declared, {"conflict"})
+    merged = _complete({"404": refusals.problem_response(["not_found"])}, {"busy"})
+    assert list(merged) == ["404", "503"]
+    assert refusals.codes_of(merged["404"]) == ["not_found"]

@@ -315,12 +315,6 @@ PROBLEMS: dict[str, type[ProblemBody]] = {
 }
 
 
-def register(model: type[ProblemBody]) -> type[ProblemBody]:
-    """Add the model of a further code (a class decorator, for routes added elsewhere)."""
-    PROBLEMS[_literal(model, "code")] = model
-    return model
-
-
 def status_of(code: str) -> int:
     status: int = _literal(PROBLEMS[code], "status")
     return status
