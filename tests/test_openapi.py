@@ -174,7 +174,7 @@ def test_every_error_code_has_a_problem_schema_with_its_status() -> None:
 
 
 def test_a_status_cannot_be_both_an_answer_and_a_problem() -> None:
-    declared = {"409": {"content": {"application/json": {"schema": {}}}}}
+    declared: dict[str, Any] = {"409": {"content": {"application/json": {"schema": {}}}}}
     with pytest.raises(AssertionError, match="both an answer and a problem"):
         _complete(declared, {"conflict"})
     merged = _complete({"404": refusals.problem_response(["not_found"])}, {"busy"})
