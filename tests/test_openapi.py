@@ -7,6 +7,7 @@ signature header. Whether the code answers as the document says is tests/test_sc
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import httpx
@@ -180,3 +181,10 @@ def test_a_status_cannot_be_both_an_answer_and_a_problem() -> None:
     merged = _complete({"404": refusals.problem_response(["not_found"])}, {"busy"})
     assert list(merged) == ["404", "503"]
     assert refusals.codes_of(merged["404"]) == ["not_found"]
+
+
+async def test_operation_ids_are_the_names_a_client_calls(document: dict[str, Any]) -> None:
+    ids = [op["operationId"] for _, _, op in operations(document)]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", i) for i in ids), ids
+    assert {"place_order", "get_order", "cancel_order", "pay_order", "list_events"} <= set(ids)

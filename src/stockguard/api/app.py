@@ -54,6 +54,9 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         description="Inventory service: never oversell, never lose a unit, never restore "
         "a unit twice.",
         lifespan=lifespan,
+        # operationId = the route function's name (place_order, get_order...): what a
+        # generated client calls its methods.
+        generate_unique_id_function=lambda route: route.name,
     )
     if backends is not None:
         app.state.backends = backends

@@ -144,6 +144,7 @@ def explanation_json(e: Explanation, limit: int) -> dict[str, Any]:
 
 @router.get(
     "/v1/admin/explain",
+    operation_id="explain_stock",
     tags=["admin"],
     response_model=None,
     responses=doc.answers({200: doc.Explain}, "not_found"),

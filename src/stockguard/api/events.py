@@ -44,6 +44,7 @@ def check_patterns(patterns: list[str], *, star: bool) -> list[str]:
 
 @router.get(
     "/v1/events",
+    operation_id="list_events",
     response_model=None,
     responses=doc.answers({200: doc.EventPage}, "events_expired"),
 )

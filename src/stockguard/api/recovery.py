@@ -26,6 +26,7 @@ router = APIRouter(tags=["admin"], route_class=StrictJSONRoute)
 
 @router.get(
     "/v1/admin/orders/needs-review",
+    operation_id="list_needs_review",
     response_model=None,
     responses=doc.answers({200: doc.OrderPage}),
 )
@@ -37,6 +38,7 @@ async def needs_review(_key: Admin, b: B, limit: Limit = 50, after: After = None
 
 @router.get(
     "/v1/admin/orders/paid-uncommitted",
+    operation_id="list_paid_uncommitted",
     response_model=None,
     responses=doc.answers({200: doc.OrderPage}),
 )

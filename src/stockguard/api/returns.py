@@ -48,6 +48,7 @@ class ExtendIn(Strict):
 
 @router.post(
     "/v1/orders/{order_id}/returns",
+    operation_id="record_return",
     status_code=201,
     response_model=None,
     responses=doc.answers(
@@ -75,6 +76,7 @@ async def post_return(key: Service, order_id: OrderPath, body: ReturnIn, b: B) -
 
 @router.get(
     "/v1/orders/{order_id}/returns",
+    operation_id="list_returns",
     response_model=None,
     responses=doc.answers({200: doc.ReturnList}, "not_found"),
 )
@@ -84,6 +86,7 @@ async def get_returns(_key: Service, order_id: OrderPath, b: B) -> Any:
 
 @router.post(
     "/v1/orders/{order_id}/extend",
+    operation_id="extend_hold",
     response_model=None,
     responses=doc.answers(
         {200: doc.Order}, "not_found", "invalid_transition", "reservation_expired"

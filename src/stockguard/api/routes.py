@@ -318,6 +318,7 @@ async def list_skus(_key: Service, b: B, limit: Limit = 50, after: After = None)
 
 @router.post(
     "/v1/skus/{sku}/adjustments",
+    operation_id="adjust_stock",
     tags=["catalogue"],
     status_code=201,
     response_model=None,
@@ -456,6 +457,7 @@ async def list_orders(
 
 @router.post(
     "/v1/orders/{order_id}/payments",
+    operation_id="pay_order",
     tags=["orders"],
     response_model=None,
     responses=doc.answers(
@@ -471,6 +473,7 @@ async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Respo
 
 @router.post(
     "/v1/orders/{order_id}/cancel",
+    operation_id="cancel_order",
     tags=["orders"],
     response_model=None,
     responses=doc.answers({200: doc.Order}, "not_found", "invalid_transition", "cache_unavailable"),
@@ -581,6 +584,7 @@ async def revoke_api_key(
 
 @router.get(
     "/v1/admin/movements",
+    operation_id="list_movements",
     tags=["admin"],
     response_model=None,
     responses=doc.answers({200: doc.LedgerPage}),
@@ -611,6 +615,7 @@ async def movements(
 
 @router.get(
     "/v1/admin/orders/{order_id}/inventory-logs",
+    operation_id="list_inventory_logs",
     tags=["admin"],
     response_model=None,
     responses=doc.answers({200: doc.InventoryLogPage}),
