@@ -115,7 +115,7 @@ def running_receiver() -> Iterator[Receiver]:
     server = Server(("127.0.0.1", 0), lambda *a: _handler(holder[0])(*a))
     receiver = Receiver(server)
     holder.append(receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield receiver

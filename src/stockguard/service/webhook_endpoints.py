@@ -93,10 +93,13 @@ async def create_endpoint(
     url = await _url(new.url, allow_private)
     secret = new_secret()
 
-    async def create(uow: UnitOfWork) -> EndpointRecord:
-        return await store.insert_endpoint(uow.conn, url, events, new.description, secret)
+    async def create(uow: UnitOfWork) -> Created:
+        # The whole result: an Idempotency-Key's answer is rendered from it in this
+        # transaction.
+        made = await store.insert_endpoint(uow.conn, url, events, new.description, secret)
+        return Created(made, secret)
 
-    return Created(await run(b, actor, create, operation="create_webhook_endpoint"), secret)
+    return await run(b, actor, create, operation="create_webhook_endpoint")
 
 
 async def get_endpoint(b: Backends, endpoint_id: str) -> EndpointRecord:
