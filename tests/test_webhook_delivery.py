@@ -9,6 +9,7 @@ numbered by the real sequencer; waiting is bounded polling of real state."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from datetime import UTC
@@ -22,8 +23,8 @@ from stockguard.service import catalogue, webhook_endpoints
 from stockguard.service.uow import Backends
 from stockguard.workers.loops import start_workers, stop_workers
 from tests.webhook_receiver import (
-    Receiver,
     Received,
+    Receiver,
     add_events,
     create_endpoint,
     delivering,
@@ -38,9 +39,7 @@ pytestmark = pytest.mark.usefixtures("no_endpoints_after")
 
 
 def deliveries_total(outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "stockguard_webhook_deliveries_total", {"outcome": outcome}
-    )
+    value = REGISTRY.get_sample_value("stockguard_webhook_deliveries_total", {"outcome": outcome})
     return value or 0.0
 
 
@@ -91,9 +90,10 @@ async def test_each_event_is_posted_once_signed_per_standard_webhooks(
             "id": r.webhook_id,
             "seq": seqs[r.webhook_id],
             "type": "stock.changed",
-            "occurred_at": occurred[r.webhook_id].astimezone(UTC).isoformat().replace(
-                "+00:00", "Z"
-            ),
+            "occurred_at": occurred[r.webhook_id]
+            .astimezone(UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
             "data": {"sku": f"T{uid}-{n}", "n": n},
         }
         assert r.headers["content-type"] == "application/json"
@@ -127,7 +127,7 @@ async def test_a_receiver_failing_three_times_gets_the_event_four_times_with_one
     assert len({r.body for r in got}) == 1  # the same event each time
     for r in got:
         Webhook(secret).verify(r.body, r.headers)
-    assert [b.at - a.at >= 0.05 for a, b in zip(got, got[1:], strict=False)] == [True] * 3
+    assert [b.at - a.at >= 0.05 for a, b in itertools.pairwise(got)] == [True] * 3
     row = (await delivery_rows(backends.pool, endpoint))[ids[0]]
     assert (row["attempts"], row["status"], row["last_status_code"]) == (4, "delivered", 200)
     assert row["last_error"] is None
@@ -367,14 +367,15 @@ async def test_start_workers_runs_the_sequencer_and_the_delivery_loop(
 ) -> None:
     endpoint, _ = await create_endpoint(backends, receiver.url("/wired"))
     ids = await add_events(backends.pool, 2, tag=uid)
-    tasks = start_workers(
-        backends, hook_settings(settings, event_sequencer_interval_seconds=0.02)
-    )
+    tasks = start_workers(backends, hook_settings(settings, event_sequencer_interval_seconds=0.02))
     try:
         await all_in(backends, endpoint, ids, "delivered")
     finally:
         await stop_workers(tasks)
     assert mine(receiver, "/wired", ids) == ids
-    assert await backends.pool.fetchval(
-        "SELECT count(*) FROM webhook_endpoints WHERE lease_owner IS NOT NULL"
-    ) == 0  # a stopping worker gives its leases back
+    assert (
+        await backends.pool.fetchval(
+            "SELECT count(*) FROM webhook_endpoints WHERE lease_owner IS NOT NULL"
+        )
+        == 0
+    )  # a stopping worker gives its leases back

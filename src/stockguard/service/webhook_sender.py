@@ -14,12 +14,13 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from stockguard.domain.delivery import sign
+from stockguard.render import ts
 from stockguard.service.url_guard import UrlRefused, resolve_destination
 
 __all__ = ["Attempt", "event_body", "new_client", "send"]
@@ -38,19 +39,16 @@ class Attempt:
     seconds: float
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def event_body(
     event_id: str, seq: int | None, type_: str, occurred_at: datetime, data: Any
 ) -> bytes:
-    """The event as the feed shows it: ``{id, seq, type, occurred_at, data}``."""
+    """The event as the feed shows it (:func:`stockguard.store.events.event_json`):
+    ``{id, seq, type, occurred_at, data}``; a ping's seq is null."""
     body = {
         "id": event_id,
         "seq": seq,
         "type": type_,
-        "occurred_at": _rfc3339(occurred_at),
+        "occurred_at": ts(occurred_at),
         "data": data,
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

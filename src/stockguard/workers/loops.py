@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 
 from stockguard.config import Settings
 from stockguard.logging import get_logger
-from stockguard.metrics import WORKER_RUNS
+from stockguard.metrics import EVENTS_SEQUENCED, WORKER_RUNS
 from stockguard.service.expiry import abandon_stale, expire_all_due
 from stockguard.service.reconcile import reconcile, repair_dirty
 from stockguard.service.recovery import recover_paid_uncommitted
 from stockguard.service.uow import Backends
-from stockguard.store.event_upkeep import prune_events, sequence_events
+from stockguard.store.events import sequence_events
+from stockguard.store.retention import prune_events
 from stockguard.workers.delivery import Deliverer
 
 __all__ = [
@@ -58,6 +59,7 @@ async def sequence_all(backends: Backends, wake: asyncio.Event | None = None) ->
         async with backends.pool.acquire() as conn:
             numbered = await sequence_events(conn, SEQUENCE_BATCH)
         total += numbered
+        EVENTS_SEQUENCED.inc(numbered)
         if numbered < SEQUENCE_BATCH:
             break
     if total and wake is not None:

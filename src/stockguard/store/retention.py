@@ -1,25 +1,11 @@
-"""The workers' upkeep of the events table: numbering committed events in commit order
-(the sequencer of migration 0007, which also queues their webhook deliveries), and
-removing events past retention in small batches."""
+"""Retention of the events table (``STOCKGUARD_EVENT_RETENTION_DAYS``): events past it
+whose deliveries are done are removed in small batches by the housekeeping loop."""
 
 from __future__ import annotations
 
 from stockguard.store.db import Conn
 
-__all__ = ["prune_events", "sequence_events"]
-
-
-async def sequence_events(conn: Conn, max_rows: int) -> int:
-    """Number up to ``max_rows`` events whose transactions can no longer be overtaken;
-    0 at once when none waits (the usual case: one cheap index probe), or when another
-    worker's sequencer holds the counter (it is doing this very work)."""
-    waiting = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL AND type <> 'ping')"
-    )
-    if not waiting:
-        return 0
-    numbered = await conn.fetchval("SELECT stockguard_sequence_events($1)", max_rows)
-    return int(numbered)
+__all__ = ["prune_events"]
 
 
 async def prune_events(conn: Conn, older_than_seconds: float, batch: int) -> tuple[int, int]:
