@@ -17,6 +17,7 @@ __all__ = [
     "EndpointRecord",
     "EndpointSecret",
     "Ping",
+    "backlog",
     "delete_endpoint",
     "find_delivery",
     "find_endpoint",
@@ -141,6 +142,16 @@ async def update_endpoint(
         *(changes[n] for n in names),
     )
     return None if row is None else _endpoint(row)
+
+
+async def backlog(conn: Conn) -> dict[str, tuple[int, int]]:
+    """Per endpoint with any: (deliveries pending, deliveries failed)."""
+    rows = await conn.fetch(
+        "SELECT endpoint_id, count(*) FILTER (WHERE status = 'pending') AS pending, "
+        "       count(*) FILTER (WHERE status = 'failed') AS failed "
+        "FROM webhook_deliveries GROUP BY endpoint_id"
+    )
+    return {r["endpoint_id"]: (int(r["pending"]), int(r["failed"])) for r in rows}
 
 
 async def delete_endpoint(conn: Conn, endpoint_id: str) -> bool:
