@@ -21,6 +21,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from stockguard.config import Settings
 from stockguard.service import catalogue, webhook_endpoints
 from stockguard.service.uow import Backends
+from stockguard.store.db import connect_pool
+from stockguard.workers import loops
 from stockguard.workers.loops import start_workers, stop_workers
 from tests.webhook_receiver import (
     Received,
@@ -40,6 +42,13 @@ pytestmark = pytest.mark.usefixtures("no_endpoints_after")
 
 def deliveries_total(outcome: str) -> float:
     value = REGISTRY.get_sample_value("stockguard_webhook_deliveries_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def runs(worker: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "stockguard_worker_runs_total", {"worker": worker, "outcome": outcome}
+    )
     return value or 0.0
 
 
@@ -379,3 +388,71 @@ async def test_start_workers_runs_the_sequencer_and_the_delivery_loop(
         )
         == 0
     )  # a stopping worker gives its leases back
+
+
+async def test_one_process_serves_at_most_its_concurrency_of_endpoints_at_once(
+    backends: Backends, settings: Settings, receiver: Receiver, uid: str
+) -> None:
+    release = threading.Event()
+    receiver.on("/busy", lambda _r, _b: 200 if release.wait(20) else 500)
+    busy, _ = await create_endpoint(backends, receiver.url("/busy"))
+    ids = await add_events(backends.pool, 1, tag=uid)
+    await numbered(backends, ids)
+    one_at_a_time = hook_settings(settings, webhook_concurrency=1, webhook_timeout_seconds=25.0)
+    try:
+        async with delivering(backends, one_at_a_time):
+            await eventually(
+                lambda: asyncio.sleep(0, mine(receiver, "/busy", ids) == ids), "the busy one"
+            )
+            waiting, _ = await create_endpoint(backends, receiver.url("/waiting"))
+            later = await add_events(backends.pool, 1, tag=f"{uid}x")
+            await numbered(backends, later)
+            await all_in(backends, busy, later, "pending")
+            assert mine(receiver, "/waiting", later) == []  # its turn comes after busy's
+            release.set()
+            await all_in(backends, waiting, later, "delivered")
+            await all_in(backends, busy, ids + later, "delivered")
+    finally:
+        release.set()
+
+
+async def test_a_failing_pass_is_counted_and_the_delivery_loop_goes_on(
+    backends: Backends, settings: Settings, receiver: Receiver, uid: str, migrated: str
+) -> None:
+    endpoint, _ = await create_endpoint(backends, receiver.url("/after"))
+    ids = await add_events(backends.pool, 1, tag=uid)
+    await numbered(backends, ids)
+    errors = runs("delivery", "error")
+    impatient_pool = await connect_pool(migrated, min_size=1, max_size=4, lock_timeout_ms=50)
+    impatient = Backends(impatient_pool, backends.cache)
+    try:
+        async with backends.pool.acquire() as conn:
+            locked = conn.transaction()
+            await locked.start()
+            await conn.execute("LOCK TABLE webhook_endpoints IN ACCESS EXCLUSIVE MODE")
+            async with delivering(impatient, hook_settings(settings)):
+
+                async def failing() -> bool:
+                    return runs("delivery", "error") >= errors + 2
+
+                await eventually(failing, "passes failing on the locked table")
+                assert mine(receiver, "/after", ids) == []
+                await locked.rollback()
+                await all_in(backends, endpoint, ids, "delivered")
+    finally:
+        await impatient_pool.close()
+    assert mine(receiver, "/after", ids) == ids
+
+
+async def test_the_sequencer_pass_numbers_more_than_one_batch(
+    backends: Backends, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loops, "SEQUENCE_BATCH", 2)
+    ids = await add_events(backends.pool, 5, tag=uid)
+    wake = asyncio.Event()
+    assert await loops.sequence_all(backends, wake) >= 5
+    assert wake.is_set()
+    unnumbered = await backends.pool.fetchval(
+        "SELECT count(*) FROM events WHERE event_id = ANY($1) AND seq IS NULL", ids
+    )
+    assert unnumbered == 0

@@ -221,7 +221,8 @@ async def delivering(
 
     async def sequencer() -> None:
         while True:
-            await sequence_all(backends, wake)
+            with contextlib.suppress(asyncpg.PostgresError):  # e.g. a test's table lock
+                await sequence_all(backends, wake)
             await asyncio.sleep(0.02)
 
     tasks = [asyncio.create_task(d.run()) for d in loops]
