@@ -183,15 +183,13 @@ async def ping_endpoint(
     outcome = "delivered" if attempt.ok else "failed"
     WEBHOOK_DELIVERIES.labels(outcome).inc()
     async with b.pool.acquire() as conn:
-        await deliveries.record_attempt(
+        await deliveries.record_ping(
             conn,
             endpoint_id,
             ping.position,
-            owner=None,
             status_code=attempt.status_code,
             error=attempt.error,
             status=outcome,
-            retry_in=None,
         )
         found = await store.find_delivery(conn, endpoint_id, ping.position)
     if found is None:  # deleted meanwhile

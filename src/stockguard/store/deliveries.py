@@ -4,8 +4,9 @@ here is ever held open across an HTTP call.
 
 A worker delivers to an endpoint only while it holds the endpoint's lease
 (``lease_owner``, ``lease_until``), taken by an UPDATE that only succeeds when the lease
-is free or expired and renewed before every attempt; an outcome is recorded only while
-the lease is still the recorder's. So one endpoint is served by one worker at a time,
+is free or expired, and renewed by the same statement that records each outcome (so the
+next attempt starts under a fresh lease); an outcome is recorded only while the lease is
+still the recorder's. So one endpoint is served by one worker at a time,
 and a worker killed mid-attempt leaves its delivery pending for the next holder."""
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ __all__ = [
     "Target",
     "oldest_pending_ages",
     "record_attempt",
+    "record_ping",
     "release_lease",
     "release_leases",
-    "renew_lease",
     "take_endpoints",
     "upcoming",
 ]
@@ -36,6 +37,7 @@ class Target:
     id: str
     url: str
     secret: str
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +91,6 @@ async def take_endpoints(
     return [Target(r["id"], r["url"], r["secret"]) for r in rows]
 
 
-async def renew_lease(
-    conn: Conn, endpoint_id: str, owner: str, lease_seconds: float
-) -> Target | None:
-    """Extend this worker's lease; None when it is no longer ours, or the endpoint was
-    deleted or deactivated (stop sending). The endpoint's URL and secret as they are now."""
-    row = await conn.fetchrow(
-        "UPDATE webhook_endpoints SET lease_until = now() + make_interval(secs => $3) "
-        "WHERE id = $1 AND lease_owner = $2 AND active AND lease_until >= now() "
-        "RETURNING id, url, secret",
-        endpoint_id,
-        owner,
-        lease_seconds,
-    )
-    return None if row is None else Target(row["id"], row["url"], row["secret"])
-
-
 async def release_lease(conn: Conn, endpoint_id: str, owner: str) -> None:
     await conn.execute(
         "UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = NULL "
@@ -149,37 +135,49 @@ async def upcoming(conn: Conn, endpoint_id: str, limit: int) -> list[Due]:
     ]
 
 
+_OUTCOME = """
+    SET attempts = d.attempts + 1,
+        status = $3,
+        last_attempt_at = now(),
+        last_status_code = $4,
+        last_error = $5,
+        delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
+        next_attempt_at = CASE WHEN $6::float8 IS NULL THEN d.next_attempt_at
+                               ELSE now() + make_interval(secs => $6) END
+    WHERE d.endpoint_id = $1 AND d.event_id = $2 AND d.status = 'pending'
+"""
+
+
 async def record_attempt(
     conn: Conn,
     endpoint_id: str,
     position: int,
     *,
-    owner: str | None,
+    owner: str,
+    lease_seconds: float,
     status_code: int | None,
     error: str | None,
     status: str,
     retry_in: float | None,
-) -> bool:
-    """Write one attempt's outcome: ``status`` (delivered, pending with the next attempt
-    in ``retry_in`` seconds, or failed). With an ``owner``, only while that worker still
-    holds the endpoint's lease (otherwise another worker took over and its attempt is
-    the one that counts). False when nothing was written."""
-    row = await conn.fetchval(
-        """
-        UPDATE webhook_deliveries d
-        SET attempts = d.attempts + 1,
-            status = $3,
-            last_attempt_at = now(),
-            last_status_code = $4,
-            last_error = $5,
-            delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
-            next_attempt_at = CASE WHEN $6::float8 IS NULL THEN d.next_attempt_at
-                                   ELSE now() + make_interval(secs => $6) END
-        WHERE d.endpoint_id = $1 AND d.event_id = $2 AND d.status = 'pending'
-          AND ($7::text IS NULL OR EXISTS (
-                SELECT 1 FROM webhook_endpoints w
-                WHERE w.id = $1 AND w.lease_owner = $7))
-        RETURNING 1
+) -> Target | None:
+    """Write one attempt's outcome (``status``: delivered, pending with the next attempt
+    in ``retry_in`` seconds, or failed) and renew the lease for the next attempt, in one
+    statement, only while ``owner`` still holds the endpoint's lease. The endpoint as it
+    is now (its URL or secret may have changed; it may have been deactivated), or None
+    when the lease is no longer ours or the endpoint was deleted: nothing was written
+    then (a new holder's attempt is the one that counts)."""
+    row = await conn.fetchrow(
+        f"""
+        WITH lease AS (
+            UPDATE webhook_endpoints
+            SET lease_until = now() + make_interval(secs => $8)
+            WHERE id = $1 AND lease_owner = $7 AND lease_until >= now()
+            RETURNING id, url, secret, active
+        ), outcome AS (
+            UPDATE webhook_deliveries d {_OUTCOME} AND EXISTS (SELECT 1 FROM lease)
+            RETURNING 1
+        )
+        SELECT id, url, secret, active FROM lease
         """,
         endpoint_id,
         position,
@@ -188,8 +186,32 @@ async def record_attempt(
         error,
         retry_in,
         owner,
+        lease_seconds,
     )
-    return row is not None
+    if row is None:
+        return None
+    return Target(row["id"], row["url"], row["secret"], row["active"])
+
+
+async def record_ping(
+    conn: Conn,
+    endpoint_id: str,
+    position: int,
+    *,
+    status_code: int | None,
+    error: str | None,
+    status: str,
+) -> None:
+    """The outcome of a ping (no lease: it is sent by the request that made it)."""
+    await conn.execute(
+        f"UPDATE webhook_deliveries d {_OUTCOME}",
+        endpoint_id,
+        position,
+        status,
+        status_code,
+        error,
+        None,
+    )
 
 
 async def oldest_pending_ages(conn: Conn) -> dict[str, float]:

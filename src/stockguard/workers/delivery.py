@@ -6,7 +6,8 @@
 - **Leases**: a task serves an endpoint only while this process holds the endpoint's
   lease (:mod:`stockguard.store.deliveries`), so with several worker processes each
   attempt is made by exactly one of them. The lease outlasts one attempt's timeout and
-  is renewed before each attempt; a process killed mid-attempt leaves the delivery
+  is renewed by the statement that records each outcome (one commit per event); a
+  process killed mid-attempt leaves the delivery
   pending, and another process sends it again (same ``webhook-id``) once the lease has
   expired.
 - **Order**: an endpoint's deliveries go in ``seq`` order; while the queue's head waits
@@ -147,26 +148,20 @@ class Deliverer:
     async def _drain(self, target: Target) -> bool:
         """True when done with the endpoint for now (nothing due), False when the lease
         was lost (it is not ours to release)."""
-        pool = self.backends.pool
         while True:
-            async with pool.acquire() as conn:
+            async with self.backends.pool.acquire() as conn:
                 batch = await deliveries.upcoming(conn, target.id, BATCH)
             if not batch:
                 return True
             for due in batch:
                 if not due.due:
                     return True  # the head waits for its retry: nothing behind it goes
-                async with pool.acquire() as conn:
-                    renewed = await deliveries.renew_lease(
-                        conn, target.id, self.owner, self.settings.webhook_lease_seconds
-                    )
-                if renewed is None:
-                    return False  # deleted, deactivated, or taken over
-                attempt = await self._attempt(renewed, due)
-                outcome = await self._record(renewed, due, attempt)
-                if outcome is None:
-                    return False
-                if outcome == "retry":
+                attempt = await self._attempt(target, due)
+                recorded = await self._record(target, due, attempt)
+                if recorded is None:
+                    return False  # deleted, or taken over
+                target, outcome = recorded
+                if outcome == "retry" or not target.active:
                     return True
 
     async def _attempt(self, target: Target, due: Due) -> Attempt:
@@ -182,26 +177,30 @@ class Deliverer:
             timeout_seconds=self.settings.webhook_timeout_seconds,
         )
 
-    async def _record(self, target: Target, due: Due, attempt: Attempt) -> str | None:
-        """Write the outcome; returns it (delivered, retry or failed), or None when the
-        lease was lost meanwhile (the new holder's attempt is the one that counts)."""
+    async def _record(
+        self, target: Target, due: Due, attempt: Attempt
+    ) -> tuple[Target, str] | None:
+        """Write the outcome and renew the lease; returns the endpoint as it is now and
+        the outcome (delivered, retry or failed), or None when the lease was lost
+        meanwhile (the new holder's attempt is the one that counts)."""
         if attempt.ok:
             outcome, status, retry_in = "delivered", "delivered", None
         else:
             retry_in = retry_delay(self.schedule, due.attempts + 1, random.random)
             outcome, status = ("failed", "failed") if retry_in is None else ("retry", "pending")
         async with self.backends.pool.acquire() as conn:
-            written = await deliveries.record_attempt(
+            renewed = await deliveries.record_attempt(
                 conn,
                 target.id,
                 due.position,
                 owner=self.owner,
+                lease_seconds=self.settings.webhook_lease_seconds,
                 status_code=attempt.status_code,
                 error=attempt.error,
                 status=status,
                 retry_in=retry_in,
             )
-        if not written:
+        if renewed is None:
             return None
         WEBHOOK_DELIVERIES.labels(outcome).inc()
         if outcome == "failed":
@@ -224,4 +223,4 @@ class Deliverer:
                 status_code=attempt.status_code,
                 error=attempt.error,
             )
-        return outcome
+        return renewed, outcome
