@@ -116,7 +116,7 @@ async def _loops(backends: Backends, settings: Settings, sequencer: bool) -> Asy
     async def sequence() -> None:
         while True:
             await sequence_all(backends, wake)
-            await asyncio.sleep(settings.event_sequencer_interval_seconds)
+            await asyncio.sleep(settings.event_sequence_interval_seconds)
 
     if sequencer:
         tasks.append(asyncio.create_task(sequence()))

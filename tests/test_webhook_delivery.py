@@ -376,7 +376,7 @@ async def test_start_workers_runs_the_sequencer_and_the_delivery_loop(
 ) -> None:
     endpoint, _ = await create_endpoint(backends, receiver.url("/wired"))
     ids = await add_events(backends.pool, 2, tag=uid)
-    tasks = start_workers(backends, hook_settings(settings, event_sequencer_interval_seconds=0.02))
+    tasks = start_workers(backends, hook_settings(settings, event_sequence_interval_seconds=0.02))
     try:
         await all_in(backends, endpoint, ids, "delivered")
     finally:

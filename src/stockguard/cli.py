@@ -175,7 +175,8 @@ def migrate() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run only the worker loops (expiry, cache reconciler, housekeeping) until stopped."""
+    """Run only the worker loops (expiry, recovery, cache reconciler, housekeeping, event
+    sequencer, webhook delivery) until stopped."""
     from stockguard.workers.loops import start_workers, stop_workers
 
     settings = _settings()

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     housekeeping_interval_seconds: float = Field(default=3600.0, gt=0)
     # ---- outgoing events: sequencing, webhook delivery, retention
     event_retention_days: int = Field(default=7, ge=1, le=3650)
-    event_sequencer_interval_seconds: float = Field(default=0.1, gt=0)
+    event_sequence_interval_seconds: float = Field(default=0.1, gt=0)
     webhook_allow_private_urls: bool = False
     webhook_retry_schedule: str = "5,30,120,600,1800,3600,7200,14400,28800,43200"
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)

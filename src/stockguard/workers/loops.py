@@ -113,7 +113,7 @@ def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[N
         _every("expiry", settings.expiry_interval_seconds, expiry),
         _every("recovery", settings.recovery_interval_seconds, recovery),
         _every("housekeeping", settings.housekeeping_interval_seconds, housekeeping),
-        _every("sequencer", settings.event_sequencer_interval_seconds, sequencer),
+        _every("sequencer", settings.event_sequence_interval_seconds, sequencer),
         Deliverer(backends, settings, wake).run(),
     ]
     if backends.cache is not None:
