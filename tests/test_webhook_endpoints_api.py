@@ -4,11 +4,13 @@ refusals at create and change, roles, and the served OpenAPI."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from standardwebhooks import Webhook
@@ -18,6 +20,7 @@ from stockguard.config import Settings
 from stockguard.service.uow import Backends
 from tests.conftest import Keys
 from tests.webhook_receiver import (
+    Received,
     Receiver,
     add_events,
     delivering,
@@ -415,3 +418,43 @@ async def test_the_served_openapi_names_the_webhook_schemas(client: httpx.AsyncC
     created = spec["paths"][BASE]["post"]["responses"]["201"]["content"]["application/json"]
     assert created["schema"] == {"$ref": "#/components/schemas/WebhookEndpointCreated"}
     assert set(spec["paths"][BASE]["post"]["responses"]) >= {"201", "401", "403", "422"}
+
+
+async def test_the_endpoint_list_pages_oldest_first(
+    open_client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    made = [await make(open_client, receiver.url(f"/p{n}")) for n in range(3)]
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if after is not None:
+            params["after"] = after
+        page = (await open_client.get(BASE, params=params)).json()
+        seen += [e["id"] for e in page["items"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert [i for i in seen if i in {m["id"] for m in made}] == [m["id"] for m in made]
+    problem(await open_client.get(BASE, params={"after": "WzEsIDJd"}), 422, "validation_error")
+
+
+async def test_a_ping_to_an_endpoint_deleted_during_the_attempt_is_404(
+    open_client: httpx.AsyncClient, receiver: Receiver, migrated: str
+) -> None:
+    def delete_then_answer(r: Received, _b: int) -> int:
+        async def delete() -> None:
+            conn = await asyncpg.connect(migrated)
+            try:
+                await conn.execute("DELETE FROM webhook_endpoints WHERE url = $1", url)
+            finally:
+                await conn.close()
+
+        asyncio.run(delete())  # in the receiver's thread, while the ping waits for us
+        return 200
+
+    url = receiver.url("/vanishing")
+    receiver.on("/vanishing", delete_then_answer)
+    made = await make(open_client, url)
+    problem(await open_client.post(f"{BASE}/{made['id']}/test"), 404, "not_found")
+    assert len(receiver.at("/vanishing")) == 1
