@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -458,3 +459,15 @@ async def test_a_ping_to_an_endpoint_deleted_during_the_attempt_is_404(
     made = await make(open_client, url)
     problem(await open_client.post(f"{BASE}/{made['id']}/test"), 404, "not_found")
     assert len(receiver.at("/vanishing")) == 1
+
+
+async def test_a_ping_to_a_closed_port_is_a_failed_attempt_naming_the_error(
+    open_client: httpx.AsyncClient,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    made = await make(open_client, f"http://127.0.0.1:{port}/nobody")
+    attempt = (await open_client.post(f"{BASE}/{made['id']}/test")).json()
+    assert (attempt["status"], attempt["last_status_code"]) == ("failed", None)
+    assert attempt["last_error"].startswith("ConnectError")

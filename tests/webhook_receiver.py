@@ -150,6 +150,10 @@ def hook_settings(settings: Settings, **changes: object) -> Settings:
         "webhook_poll_interval_seconds": 0.05,
     }
     update.update(changes)
+    # As Settings requires: a lease outlasts an attempt (model_copy does not validate).
+    timeout = float(update["webhook_timeout_seconds"])  # type: ignore[arg-type]
+    lease = float(update["webhook_lease_seconds"])  # type: ignore[arg-type]
+    update["webhook_lease_seconds"] = max(lease, timeout + 1.5)
     return settings.model_copy(update=update)
 
 

@@ -162,7 +162,8 @@ async def record_attempt(
 ) -> Target | None:
     """Write one attempt's outcome (``status``: delivered, pending with the next attempt
     in ``retry_in`` seconds, or failed) and renew the lease for the next attempt, in one
-    statement, only while ``owner`` still holds the endpoint's lease. The endpoint as it
+    statement, only while ``owner`` still holds the endpoint's lease (it changes hands
+    only when another worker takes it over after it expired). The endpoint as it
     is now (its URL or secret may have changed; it may have been deactivated), or None
     when the lease is no longer ours or the endpoint was deleted: nothing was written
     then (a new holder's attempt is the one that counts)."""
@@ -171,7 +172,7 @@ async def record_attempt(
         WITH lease AS (
             UPDATE webhook_endpoints
             SET lease_until = now() + make_interval(secs => $8)
-            WHERE id = $1 AND lease_owner = $7 AND lease_until >= now()
+            WHERE id = $1 AND lease_owner = $7
             RETURNING id, url, secret, active
         ), outcome AS (
             UPDATE webhook_deliveries d {_OUTCOME} AND EXISTS (SELECT 1 FROM lease)
