@@ -1,5 +1,12 @@
-"""Retention of the events table (``STOCKGUARD_EVENT_RETENTION_DAYS``): events past it
-whose deliveries are done are removed in small batches by the housekeeping loop."""
+"""Retention of the events table (``STOCKGUARD_EVENT_RETENTION_DAYS``): the housekeeping
+loop removes the oldest numbered events, a batch at a time.
+
+What goes is always a **prefix of the feed**: events in ``seq`` order from the last one
+removed, up to (not including) the first that is younger than the retention or that an
+endpoint still has a pending delivery for. So ``event_counter.pruned_through`` means
+"every event with a seq up to here is gone, every later one is kept": a reader whose
+``after`` is at least that misses nothing (the feed answers 410 below it), and each SKU's
+latest ``stock.changed`` is never removed before an older one."""
 
 from __future__ import annotations
 
@@ -9,34 +16,38 @@ __all__ = ["prune_events"]
 
 
 async def prune_events(conn: Conn, older_than_seconds: float, batch: int) -> tuple[int, int]:
-    """One batch, in one short transaction: delete up to ``batch`` numbered events older
-    than ``older_than_seconds`` that no delivery still waits for (their deliveries go with
-    them), and raise ``event_counter.pruned_through`` to the highest seq removed (never
-    lowered), so the feed answers 410 to a reader that would miss them. Rows another
-    transaction holds are skipped, not waited for. Returns (events removed, pings removed)."""
+    """One batch, in one short transaction: remove up to ``batch`` events of the prefix
+    described above (their deliveries go with them) and raise ``pruned_through`` to the
+    last seq removed; then up to ``batch`` pings older than the retention. The counter
+    row is held meanwhile, so two housekeepers take turns (a sequencer pass skips its
+    turn). Returns (events removed, pings removed)."""
     async with conn.transaction():
-        seqs = await conn.fetch(
+        through = await conn.fetchval("SELECT pruned_through FROM event_counter FOR UPDATE")
+        candidates = await conn.fetch(
             """
-            WITH doomed AS (
-                SELECT e.id FROM events e
-                WHERE e.seq IS NOT NULL
-                  AND e.occurred_at < now() - make_interval(secs => $1)
-                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
-                                  WHERE d.event_id = e.id AND d.status = 'pending')
-                ORDER BY e.occurred_at
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
-            )
-            DELETE FROM events e USING doomed WHERE e.id = doomed.id RETURNING e.seq
+            SELECT id, seq, occurred_at < now() - make_interval(secs => $3) AS old
+            FROM events
+            WHERE seq > $1
+              AND seq < coalesce((SELECT min(seq) FROM webhook_deliveries
+                                  WHERE status = 'pending' AND seq IS NOT NULL),
+                                 9223372036854775807)
+            ORDER BY seq
+            LIMIT $2
             """,
-            older_than_seconds,
+            through,
             batch,
+            older_than_seconds,
         )
-        if seqs:
-            await conn.execute(
-                "UPDATE event_counter SET pruned_through = greatest(pruned_through, $1)",
-                max(int(r["seq"]) for r in seqs),
-            )
+        doomed: list[int] = []
+        last = int(through)
+        for row in candidates:
+            if not row["old"]:
+                break
+            doomed.append(row["id"])
+            last = row["seq"]
+        if doomed:
+            await conn.execute("DELETE FROM events WHERE id = ANY($1::bigint[])", doomed)
+            await conn.execute("UPDATE event_counter SET pruned_through = $1", last)
         # Pings are never numbered nor in the feed: they go when they are as old.
         pings = await conn.fetchval(
             """
@@ -54,4 +65,4 @@ async def prune_events(conn: Conn, older_than_seconds: float, batch: int) -> tup
             older_than_seconds,
             batch,
         )
-    return len(seqs), int(pings)
+    return len(doomed), int(pings)
