@@ -109,16 +109,19 @@ def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[N
     async def recovery() -> None:
         await recover_paid_uncommitted(backends)
 
-    loops = [
-        _every("expiry", settings.expiry_interval_seconds, expiry),
-        _every("recovery", settings.recovery_interval_seconds, recovery),
-        _every("housekeeping", settings.housekeeping_interval_seconds, housekeeping),
-        _every("sequencer", settings.event_sequence_interval_seconds, sequencer),
-        Deliverer(backends, settings, wake).run(),
-    ]
+    loops = {
+        "expiry": _every("expiry", settings.expiry_interval_seconds, expiry),
+        "recovery": _every("recovery", settings.recovery_interval_seconds, recovery),
+        "housekeeping": _every(
+            "housekeeping", settings.housekeeping_interval_seconds, housekeeping
+        ),
+        "sequencer": _every("sequencer", settings.event_sequence_interval_seconds, sequencer),
+        "delivery": Deliverer(backends, settings, wake).run(),
+    }
     if backends.cache is not None:
-        loops.append(_every("reconciler", settings.reconcile_interval_seconds, cache))
-    return [asyncio.create_task(loop) for loop in loops]
+        loops["reconciler"] = _every("reconciler", settings.reconcile_interval_seconds, cache)
+    # Named, so a loop that does not stop in time is named in the log.
+    return [asyncio.create_task(loop, name=f"worker:{name}") for name, loop in loops.items()]
 
 
 async def stop_workers(tasks: list[asyncio.Task[None]], grace: float = 10.0) -> None:
