@@ -167,8 +167,18 @@ async def record_attempt(
     is now (its URL or secret may have changed; it may have been deactivated), or None
     when the lease is no longer ours or the endpoint was deleted: nothing was written
     then (a new holder's attempt is the one that counts)."""
-    row = await conn.fetchrow(
-        f"""
+    async with conn.transaction():
+        # Losing this write in a database crash only means the event is sent again (same
+        # webhook-id): at least once holds without waiting for the WAL flush.
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        row = await conn.fetchrow(_RECORD, endpoint_id, position, status, status_code, error,
+                                  retry_in, owner, lease_seconds)  # fmt: skip
+    if row is None:
+        return None
+    return Target(row["id"], row["url"], row["secret"], row["active"])
+
+
+_RECORD = f"""
         WITH lease AS (
             UPDATE webhook_endpoints
             SET lease_until = now() + make_interval(secs => $8)
@@ -179,19 +189,7 @@ async def record_attempt(
             RETURNING 1
         )
         SELECT id, url, secret, active FROM lease
-        """,
-        endpoint_id,
-        position,
-        status,
-        status_code,
-        error,
-        retry_in,
-        owner,
-        lease_seconds,
-    )
-    if row is None:
-        return None
-    return Target(row["id"], row["url"], row["secret"], row["active"])
+"""
 
 
 async def record_ping(

@@ -6,7 +6,8 @@
 - **Leases**: a task serves an endpoint only while this process holds the endpoint's
   lease (:mod:`stockguard.store.deliveries`), so with several worker processes each
   attempt is made by exactly one of them. The lease outlasts one attempt's timeout and
-  is renewed by the statement that records each outcome (one commit per event); a
+  is renewed by the statement that records each outcome (one short transaction per
+  event); a
   process killed mid-attempt leaves the delivery
   pending, and another process sends it again (same ``webhook-id``) once the lease has
   expired.
