@@ -7,10 +7,8 @@
   lease (:mod:`stockguard.store.deliveries`), so with several worker processes each
   attempt is made by exactly one of them. The lease outlasts one attempt's timeout and
   is renewed by the statement that records each outcome (one short transaction per
-  event); a
-  process killed mid-attempt leaves the delivery
-  pending, and another process sends it again (same ``webhook-id``) once the lease has
-  expired.
+  event); a process killed mid-attempt leaves the delivery pending, and another process
+  sends it again (same ``webhook-id``) once the lease has expired.
 - **Order**: an endpoint's deliveries go in ``seq`` order; while the queue's head waits
   for a retry, nothing behind it is sent. A head that exhausts the retry schedule becomes
   ``failed`` (metric and log) and the queue moves on.
