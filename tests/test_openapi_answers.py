@@ -5,11 +5,14 @@ each route is known for. Schemathesis (tests/test_schemathesis.py) explores the 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from stockguard.api.app import build_app
+from stockguard.config import Settings
 from stockguard.service.uow import Backends
 from tests.conftest import Keys, Stocker
 from tests.test_openapi_v2 import ROUTES as V2_ROUTES
@@ -46,8 +49,25 @@ class Walk:
         return conforms(self.document, method, template, answer)
 
 
+@pytest.fixture
+async def private(
+    settings: Settings, backends: Backends, api_keys: Keys
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin client of an app that allows loopback webhook URLs, with a short timeout."""
+    configured = settings.model_copy(
+        update={"webhook_allow_private_urls": True, "webhook_timeout_seconds": 1.0}
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app(configured, backends)),
+        base_url="http://t",
+        headers={"Authorization": f"Bearer {api_keys.admin}"},
+    ) as client:
+        yield client
+
+
 async def test_every_route_answers_what_the_document_declares(
     hooks: httpx.AsyncClient,  # noqa: F811
+    private: httpx.AsyncClient,
     backends: Backends,
     stock: Stocker,
     api_keys: Keys,
@@ -179,6 +199,27 @@ async def test_every_route_answers_what_the_document_declares(
     assert (await call("post", recover, f"/v1/admin/orders/no{uid}/recover-inventory"))[
         "code"
     ] == "not_found"
+
+    # Webhook endpoints (a loopback URL: allowed by this app's settings; nothing listens).
+    endpoints, endpoint = "/v1/admin/webhook-endpoints", "/v1/admin/webhook-endpoints/{endpoint_id}"
+    walk = Walk(private, document)
+    new = {"url": "http://127.0.0.1:9/hook", "events": ["order.*"], "description": uid}
+    made = await walk("post", endpoints, endpoints, json=new)
+    assert made["secret"].startswith("whsec_")
+    here = f"{endpoints}/{made['id']}"
+    assert (await walk("get", endpoint, here))["events"] == ["order.*"]
+    await walk("get", endpoints, endpoints, params={"limit": 1})
+    assert (await walk("patch", endpoint, here, json={"active": False}))["active"] is False
+    assert (await walk("patch", endpoint, here, json={}))["code"] == "validation_error"
+    tried = await walk("post", endpoint + "/test", here + "/test")
+    assert tried["type"] == "ping"
+    deliveries = await walk("get", endpoint + "/deliveries", here + "/deliveries")
+    assert deliveries["items"][0]["event_id"] == tried["event_id"]
+    queued = await walk("post", endpoint + "/replay", here + "/replay", json={"after_seq": 0})
+    assert queued["queued"] >= 0
+    await walk("delete", endpoint, here)
+    assert (await walk("get", endpoint, here))["code"] == "not_found"
+    call.seen |= walk.seen
 
     # Events and operations.
     feed = await call("get", "/v1/events", "/v1/events", params={"limit": 500})

@@ -51,7 +51,7 @@ def check_patterns(patterns: list[str], *, star: bool) -> list[str]:
 async def feed(
     _key: Service,
     b: B,
-    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**53)] = None,  # exact in JSON: 2**53
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     type_: Annotated[
         list[str] | None,

@@ -8,8 +8,8 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, StringConstraints
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import ConfigDict, Field, StringConstraints
 from starlette.responses import Response
 
 from stockguard.api import responses as doc
@@ -18,6 +18,7 @@ from stockguard.api.routes import Admin, After, B, Limit, actor
 from stockguard.api.schemas import Strict, decode_cursor, page, ts
 from stockguard.api.strict import StrictJSONRoute
 from stockguard.config import Settings
+from stockguard.domain.delivery import EVENT_TYPES
 from stockguard.domain.errors import NotFound, ValidationFailed
 from stockguard.service import webhook_endpoints as hooks
 from stockguard.store.webhook_endpoints import DeliveryRecord, EndpointRecord
@@ -26,8 +27,22 @@ __all__ = ["delivery_json", "endpoint_json", "router"]
 
 router = APIRouter(tags=["webhooks"], route_class=StrictJSONRoute)
 
-Url = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-Pattern = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+# What pattern_problem accepts, as the document lists it.
+PATTERNS = ["*", *sorted(EVENT_TYPES), *sorted({f"{t.split('.', 1)[0]}.*" for t in EVENT_TYPES})]
+Url = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2048),
+    Field(
+        description="http or https, a host that resolves to a public address (unless "
+        "STOCKGUARD_WEBHOOK_ALLOW_PRIVATE_URLS), no user, password or #fragment",
+        json_schema_extra={"format": "uri"},
+    ),
+]
+Pattern = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    Field(json_schema_extra={"enum": PATTERNS}),
+]
 Patterns = Annotated[list[Pattern], Field(min_length=1, max_length=100)]
 Description = Annotated[str, StringConstraints(max_length=500)]
 
@@ -38,7 +53,20 @@ class EndpointIn(Strict):
     description: Description | None = None
 
 
+def _patch_schema(schema: dict[str, Any]) -> None:
+    """As ``update_webhook_endpoint`` checks it: at least one member; ``url``, ``events``
+    and ``active`` may be left out but not null (``description`` may: it clears it)."""
+    schema["minProperties"] = 1
+    for name in ("url", "events", "active"):
+        prop = schema["properties"][name]
+        (kept,) = [option for option in prop.pop("anyOf") if option != {"type": "null"}]
+        prop.update(kept)
+        prop.pop("default", None)
+
+
 class EndpointPatchIn(Strict):
+    model_config = ConfigDict(json_schema_extra=_patch_schema)
+
     url: Url | None = None
     events: Patterns | None = None
     description: Description | None = None
@@ -46,7 +74,9 @@ class EndpointPatchIn(Strict):
 
 
 class ReplayIn(Strict):
-    after_seq: int = Field(ge=0, le=2**63 - 1)
+    # 2**53, not 2**63 - 1: the document's bound is a JSON number, and above 2**53 a
+    # reader (a JavaScript client, a validator with doubles) takes more than the code does.
+    after_seq: int = Field(ge=0, le=2**53)
 
 
 # ------------------------------------------------------------ answers (OpenAPI)
@@ -131,7 +161,9 @@ def delivery_json(d: DeliveryRecord) -> dict[str, Any]:
 _ID = re.compile(r"we_[0-9a-f]{32}")
 
 
-def _endpoint_path(endpoint_id: str) -> str:
+def _endpoint_path(
+    endpoint_id: Annotated[str, Path(json_schema_extra={"pattern": f"^{_ID.pattern}$"})],
+) -> str:
     if not _ID.fullmatch(endpoint_id):
         raise NotFound(f"webhook endpoint {endpoint_id[:64]} not found")
     return endpoint_id
@@ -187,7 +219,7 @@ BASE = "/v1/admin/webhook-endpoints"
     BASE,
     status_code=201,
     response_model=None,
-    responses=doc.documented({201: WebhookEndpointCreated}, 403, 422),
+    responses=doc.answers({201: WebhookEndpointCreated}),
 )
 async def create_webhook_endpoint(key: Admin, body: EndpointIn, b: B, config: Config) -> Response:
     new = hooks.NewEndpoint(url=body.url, events=body.events, description=body.description)
@@ -201,9 +233,7 @@ async def create_webhook_endpoint(key: Admin, body: EndpointIn, b: B, config: Co
     )
 
 
-@router.get(
-    BASE, response_model=None, responses=doc.documented({200: WebhookEndpointPage}, 403, 422)
-)
+@router.get(BASE, response_model=None, responses=doc.answers({200: WebhookEndpointPage}))
 async def list_webhook_endpoints(_key: Admin, b: B, limit: Limit = 50, after: After = None) -> Any:
     found = await hooks.list_endpoints(b, limit, _endpoint_cursor(after))
     return page([endpoint_json(e) for e in found], limit, found[-1].id if found else None)
@@ -212,7 +242,7 @@ async def list_webhook_endpoints(_key: Admin, b: B, limit: Limit = 50, after: Af
 @router.get(
     BASE + "/{endpoint_id}",
     response_model=None,
-    responses=doc.documented({200: WebhookEndpoint}, 403, 404),
+    responses=doc.answers({200: WebhookEndpoint}, "not_found"),
 )
 async def get_webhook_endpoint(_key: Admin, endpoint_id: EndpointPath, b: B) -> Any:
     return endpoint_json(await hooks.get_endpoint(b, endpoint_id))
@@ -221,7 +251,7 @@ async def get_webhook_endpoint(_key: Admin, endpoint_id: EndpointPath, b: B) -> 
 @router.patch(
     BASE + "/{endpoint_id}",
     response_model=None,
-    responses=doc.documented({200: WebhookEndpoint}, 403, 404, 422),
+    responses=doc.answers({200: WebhookEndpoint}, "not_found"),
 )
 async def update_webhook_endpoint(
     key: Admin, endpoint_id: EndpointPath, body: EndpointPatchIn, b: B, config: Config
@@ -249,10 +279,9 @@ async def update_webhook_endpoint(
     BASE + "/{endpoint_id}",
     status_code=204,
     response_model=None,
-    responses={
-        204: {"description": "Deleted: nothing more is sent to it"},
-        **doc.documented({}, 403, 404),
-    },
+    responses=doc.answers(
+        {204: {"description": "Deleted: nothing more is sent to it"}}, "not_found"
+    ),
 )
 async def delete_webhook_endpoint(key: Admin, endpoint_id: EndpointPath, b: B) -> Response:
     await hooks.delete_endpoint(b, endpoint_id, actor(key))
@@ -262,7 +291,7 @@ async def delete_webhook_endpoint(key: Admin, endpoint_id: EndpointPath, b: B) -
 @router.post(
     BASE + "/{endpoint_id}/test",
     response_model=None,
-    responses=doc.documented({200: WebhookDelivery}, 403, 404),
+    responses=doc.answers({200: WebhookDelivery}, "not_found"),
 )
 async def test_webhook_endpoint(
     key: Admin, endpoint_id: EndpointPath, b: B, config: Config
@@ -282,7 +311,7 @@ async def test_webhook_endpoint(
 @router.get(
     BASE + "/{endpoint_id}/deliveries",
     response_model=None,
-    responses=doc.documented({200: WebhookDeliveryPage}, 403, 404, 422),
+    responses=doc.answers({200: WebhookDeliveryPage}, "not_found"),
 )
 async def list_webhook_deliveries(
     _key: Admin,
@@ -301,10 +330,10 @@ async def list_webhook_deliveries(
     BASE + "/{endpoint_id}/replay",
     status_code=202,
     response_model=None,
-    responses={
-        202: {"model": ReplayQueued, "description": "Queued for the delivery workers"},
-        **doc.documented({}, 403, 404, 422),
-    },
+    responses=doc.answers(
+        {202: {"model": ReplayQueued, "description": "Queued for the delivery workers"}},
+        "not_found",
+    ),
 )
 async def replay_webhook_endpoint(
     key: Admin, endpoint_id: EndpointPath, body: ReplayIn, b: B
