@@ -56,8 +56,8 @@ CREATE TABLE webhook_endpoints (
 
 CREATE TABLE events (
     id          bigserial PRIMARY KEY,
-    -- the public id: from the row's own id, so its unique index grows at one end
-    event_id    text NOT NULL UNIQUE
+    -- the public id, made from the primary key: unique by construction, no index
+    event_id    text NOT NULL
                 GENERATED ALWAYS AS ('evt_' || lpad(to_hex(id), 16, '0')) STORED,
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     seq         bigint UNIQUE,
