@@ -242,19 +242,24 @@ async def test_recovery_of_committed_order_is_skipped(
     ]
 
 
-async def test_recovery_without_payment_proof_commits_nothing(
+async def test_recovery_of_an_unpaid_order_says_why_and_does_nothing(
     backends: Backends, stock: Stocker, uid: str
 ) -> None:
+    """A pending order has nothing to recover: the refusal says so, and neither its stock
+    nor its audit trail changes (no RECOVERY_ATTEMPT, no INCONSISTENCY_DETECTED)."""
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 1}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    result = await recover_order(backends, oid, "admin")
-    assert result is not None
-    assert result.outcome == Outcome.INCONSISTENT
-    reason = await backends.pool.fetchval(
-        "SELECT error_reason FROM order_inventory_logs WHERE id = $1", result.log_id
+    logs_before = await log_actions(backends.pool, oid)
+    with pytest.raises(InvalidTransition) as refused:
+        await recover_order(backends, oid, "admin")
+    assert refused.value.extra == {"from": "pending", "to": "paid"}
+    assert refused.value.detail.startswith(
+        f"nothing to recover for order {oid}: it is pending: not paid yet"
     )
-    assert reason == "NOT_PAID"
+    assert "nothing was changed or logged" in refused.value.detail
+    assert await log_actions(backends.pool, oid) == logs_before == ["RESERVED"]
+    assert await level(backends.pool, sku, loc) == (1, 1)
     # Paid in status only, with no provider/payment id: PostgreSQL refuses the very state
     # (invariant 7 as a CHECK), so recovery can never be handed one.
     for status in ("paid", "needs_review", "processing"):

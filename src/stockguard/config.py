@@ -48,5 +48,9 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(default=30.0, gt=0)
     run_workers: bool = Field(default=True, description="run worker loops inside serve")
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: str = Field(
+        default="INFO", description="serve and worker; other commands log WARNING unless set"
+    )
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines; unset: JSON unless stderr is a terminal"
+    )
