@@ -28,8 +28,10 @@ import pytest
 import structlog
 from typer.testing import CliRunner, Result
 
+from stockguard import cli as cli_module
 from stockguard.announce import Ready, announce_when_ready, local_address, ready_text, redact
 from stockguard.cli import app
+from stockguard.config import Settings
 from stockguard.logging import configure_logging, get_logger, wants_json
 from tests.conftest import Servers
 
@@ -224,6 +226,10 @@ def test_the_ready_lines_name_the_servers_without_their_passwords() -> None:
     assert '-H "Authorization: Bearer $STOCKGUARD_BOOTSTRAP_ADMIN_KEY"' in with_key
     assert "keys create" not in with_key
 
+    embedded = ready_text(_ready(embedded_postgres=True, data_dir=Path("/srv/sg")))
+    assert 'database:      embedded PostgreSQL, database "stockguard", in /srv/sg/pg' in embedded
+    assert "  data directory: /srv/sg (set STOCKGUARD_DATA_DIR" in embedded
+
     assert redact("redis://cache:6379/0") == "redis://cache:6379/0"
     assert (local_address(""), local_address("10.1.2.3")) == ("127.0.0.1", "10.1.2.3")
 
@@ -257,6 +263,66 @@ def test_the_ready_lines_are_printed_once_the_service_answers(
     finally:
         server.shutdown()
         server.server_close()
+    # Nothing ever answers: the watcher gives up after its wait, silently.
+    silent = announce_when_ready("127.0.0.1", _free_port(), "NEVER", wait=0.5)
+    assert silent is not None
+    silent.join(timeout=10)
+    assert not silent.is_alive()
+    assert "NEVER" not in capsys.readouterr().err
+
+
+def test_serve_says_what_it_starts_and_names_what_it_uses(
+    cli_env: None,
+    servers: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """serve's own steps, in this process: the embedded Redis (PostgreSQL configured) is
+    announced before it starts, and the ready lines name it, the data directory and the
+    configured database."""
+    monkeypatch.delenv("STOCKGUARD_REDIS_URL")
+    data = tmp_path / "data"
+    settings = Settings()
+    endpoints = cli_module._resolve(settings, progress=True)
+    try:
+        said = capsys.readouterr().err.splitlines()
+        assert said == [
+            f"stockguard: starting the embedded Redis in {data}",
+            f"stockguard: data directory {data}: embedded Redis only",
+        ]
+        ready = cli_module._ready(settings, endpoints, "127.0.0.1", 8123, 2, True)
+        assert (ready.data_dir, ready.embedded_postgres, ready.embedded_redis) == (
+            data,
+            False,
+            True,
+        )
+        assert ready.database_url == servers.database_url
+        text = ready_text(ready)
+    finally:
+        endpoints.close()
+    name = servers.database_url.rsplit("/", 1)[1]
+    assert f'database:      database "{name}" at ' in text
+    assert re.search(r"redis:\s+embedded redis-server at redis://127\.0\.0\.1:\d+/0", text)
+    assert f"  data directory: {data} (set STOCKGUARD_DATA_DIR" in text
+    assert "2 API processes, worker loops inside" in text
+    assert "next, in another terminal from this directory: " in text
+
+
+def test_the_next_command_names_the_stockguard_beside_this_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.chdir(tmp_path)
+    assert cli_module._command() == "stockguard"  # no script there: the one on PATH
+    (bin_dir / "stockguard").touch()
+    assert cli_module._command() == ".venv/bin/stockguard"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli_module._command() == str(bin_dir / "stockguard")
 
 
 def test_first_serve_on_embedded_servers_shows_progress_then_where_it_listens(
@@ -296,7 +362,7 @@ def test_first_serve_on_embedded_servers_shows_progress_then_where_it_listens(
     said = [line for line in text.splitlines() if line.startswith("stockguard")]
     assert said[:5] == [
         f"stockguard: starting the embedded PostgreSQL and Redis in {data} "
-        "(first start: initialising)",
+        "(first start: initialising its database)",
         f"stockguard: data directory {data}: created a new, empty database "
         "(STOCKGUARD_DATA_DIR chooses another)",
         "stockguard: applying the database migrations",

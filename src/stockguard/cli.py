@@ -115,7 +115,8 @@ def _resolve(settings: Settings, *, progress: bool = False) -> Endpoints:
             for kind, url in (("PostgreSQL", settings.database_url), ("Redis", settings.redis_url))
             if url is None
         )
-        first = "" if postgres_initialised(settings.data_dir) else " (first start: initialising)"
+        initdb = settings.database_url is None and not postgres_initialised(settings.data_dir)
+        first = " (first start: initialising its database)" if initdb else ""
         say(f"starting the embedded {kinds} in {settings.data_dir.resolve()}{first}")
     endpoints = resolve_endpoints(settings)
     emb = endpoints.embedded
