@@ -269,6 +269,24 @@ async def test_recovery_of_an_unpaid_order_says_why_and_does_nothing(
     assert _statuses(got) == ["reserved"]
 
 
+async def test_recovery_of_a_shipped_order_says_it_was_fulfilled(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
+    await stock({sku: {loc: 2}})
+    await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
+    await orders.pay_order(backends, oid, PaymentProof("manual", f"m{uid}"), "t")
+    await orders.set_status(backends, oid, OrderStatus.PROCESSING, "t")
+    await orders.set_status(backends, oid, OrderStatus.SHIPPED, "t")
+    logs_before = await log_actions(backends.pool, oid)
+    with pytest.raises(InvalidTransition) as refused:
+        await recover_order(backends, oid, "admin")
+    assert refused.value.extra == {"from": "shipped", "to": "paid"}
+    assert "it is shipped: its stock was already committed and fulfilled" in refused.value.detail
+    assert await log_actions(backends.pool, oid) == logs_before
+    assert await level(backends.pool, sku, loc) == (0, 0)
+
+
 async def test_failed_recovery_marks_needs_review_and_never_releases(
     backends: Backends, stock: Stocker, uid: str
 ) -> None:
