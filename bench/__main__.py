@@ -51,6 +51,7 @@ from bench.env import (
     run_guarded,
     wait_for_headroom,
 )
+from bench.outbox import outbox_cost
 from bench.pgbench import pgbench_hot_row
 from bench.scenarios import (
     Config,
@@ -81,6 +82,7 @@ SCENARIOS = (
     "availability",
     "cache_parity_cost",
     "batched",
+    "outbox",
     "trace",
     "reserve_http",
     "pgbench",
@@ -192,6 +194,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> tuple[dict[str, Any]
                 ("availability", "availability", availability_reads),
                 ("cache_parity_cost", "cache_parity_cost", cache_parity_cost),
                 ("batched", "batched_reservations", batched_reservations),
+                ("outbox", "outbox_cost", outbox_cost),
                 ("trace", "trace_concurrency_1", _trace),
                 ("reserve_http", "reserve_http", reserve_http),
                 ("pgbench", "pgbench_hot_row", _pgbench),

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from stockguard import __version__
 from stockguard.announce import Ready, announce_when_ready, ready_text, say
+from stockguard.cli_events import events_app
 from stockguard.cli_transfers import transfers_app
 from stockguard.config import Settings
 from stockguard.domain.errors import StockguardError
@@ -62,6 +63,7 @@ stock_app = typer.Typer(
 )
 app.add_typer(stock_app, name="stock")
 app.add_typer(transfers_app, name="transfers")
+app.add_typer(events_app, name="events")
 
 
 def _settings(*, quiet: bool = True) -> Settings:
