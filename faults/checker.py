@@ -446,8 +446,8 @@ def _check_returns(db: Snapshot, history: History) -> list[dict[str, Any]]:
     ops = {o.detail["return_id"]: o for o in history.of("return")}
     stored = {r["return_id"]: r for r in db.get("returns", [])}
     lines: dict[str, Counter[tuple[str, str, int, int]]] = defaultdict(Counter)
-    # Units per (sku, disposition): the service may store one asked line as several, one
-    # per location the units were fulfilled from.
+    # Units per (sku, disposition): a line is stored once per location it went back to
+    # (its units' fulfilment locations), so one asked line may be stored as several.
     asked: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
     per_order: dict[tuple[str, str], int] = defaultdict(int)
     for r in db.get("return_lines", []):

@@ -22,6 +22,7 @@ from stockguard import __version__
 from stockguard.announce import Ready, announce_when_ready, ready_text, say
 from stockguard.cli_events import events_app
 from stockguard.cli_transfers import transfers_app
+from stockguard.cli_webhooks import webhooks_app
 from stockguard.config import Settings
 from stockguard.domain.errors import StockguardError
 from stockguard.embedded import postgres_initialised
@@ -64,6 +65,7 @@ stock_app = typer.Typer(
 app.add_typer(stock_app, name="stock")
 app.add_typer(transfers_app, name="transfers")
 app.add_typer(events_app, name="events")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _settings(*, quiet: bool = True) -> Settings:
@@ -256,7 +258,8 @@ def migrate() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run only the worker loops (expiry, cache reconciler, housekeeping) until stopped."""
+    """Run only the worker loops (expiry, recovery, cache reconciler, housekeeping, event
+    sequencer, webhook delivery) until stopped."""
     from stockguard.workers.loops import start_workers, stop_workers
 
     settings = _settings(quiet=False)
