@@ -41,7 +41,7 @@ __all__ = ["NOT_IN_SCHEMA", "problem_json_on_4xx", "sign_webhooks"]
 
 # 422 details of rules no JSON schema of one request can state.
 NOT_IN_SCHEMA = re.compile(
-    r"^(?:\w+: )?unknown (?:location|locations|channel|skus)\b"
+    r"^(?:\w+: )?unknown (?:location|locations|channel|skus|SKU|SKUs)\b"
     r"|^from and to must be two different locations$"
     r"|^lines: sku \S+ is listed twice$"
     # A webhook endpoint's URL: its form, that its host resolves, to a public address.

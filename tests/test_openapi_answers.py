@@ -194,6 +194,9 @@ async def test_every_route_answers_what_the_document_declares(
     for listing in ("/v1/admin/orders/needs-review", "/v1/admin/orders/paid-uncommitted"):
         await call("get", listing, listing, params={"limit": 1})
     recover = "/v1/admin/orders/{order_id}/recover-inventory"
+    await call("post", orders, orders, json={"id": f"u{uid}", "lines": body["lines"]})
+    unpaid = await call("post", recover, f"/v1/admin/orders/u{uid}/recover-inventory")
+    assert unpaid["code"] == "invalid_transition"
     recovered = await call("post", recover, f"/v1/admin/orders/w{uid}/recover-inventory")
     assert recovered["outcome"] == "skipped_already_committed"
     assert (await call("post", recover, f"/v1/admin/orders/no{uid}/recover-inventory"))[

@@ -223,12 +223,17 @@ async def test_unknown_endpoints_are_404_on_every_route(open_client: httpx.Async
 
 
 async def test_delete_is_204_once_then_404(
-    open_client: httpx.AsyncClient, receiver: Receiver
+    open_client: httpx.AsyncClient, receiver: Receiver, backends: Backends
 ) -> None:
     made = await make(open_client, receiver.url("/d"))
     path = f"{BASE}/{made['id']}"
+    assert (await open_client.post(f"{path}/test")).status_code == 200
     r = await open_client.delete(path)
     assert (r.status_code, r.content) == (204, b"")
+    pings = await backends.pool.fetchval(
+        "SELECT count(*) FROM events WHERE type = 'ping' AND endpoint_id = $1", made["id"]
+    )
+    assert pings == 0  # its pings went with it
     problem(await open_client.get(path), 404, "not_found")
     problem(await open_client.delete(path), 404, "not_found")
 

@@ -20,6 +20,7 @@ from stockguard.api import (
     webhooks,
 )
 from stockguard.api.auth import ADMIN, SERVICE, Authentication
+from stockguard.api.docs import install_docs
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.openapi import install_openapi
@@ -65,6 +66,8 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         # operationId = the route function's name (place_order, get_order...): what a
         # generated client calls its methods.
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # api/docs.py serves /docs and /redoc with the package's own assets
+        redoc_url=None,
     )
     if backends is not None:
         app.state.backends = backends
@@ -78,6 +81,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.include_router(transfers.router)
     app.include_router(events.router)
     app.include_router(webhook_endpoints.router)
+    install_docs(app)
 
     def pool() -> asyncpg.Pool:
         b: Backends = app.state.backends

@@ -117,6 +117,8 @@ def document(app: FastAPI, build: Callable[[], dict[str, Any]], roles: dict[Any,
     }
     schema["webhooks"] = {"event": EVENT_DELIVERY}
     for route in api_routes(app.routes):
+        if not route.include_in_schema:  # /docs, /redoc
+            continue
         role = role_of(route.dependant, roles)
         for method in sorted(route.methods or ()):
             operation = schema["paths"][route.path_format][method.lower()]

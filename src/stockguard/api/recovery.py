@@ -51,7 +51,9 @@ async def paid_uncommitted(_key: Admin, b: B, limit: Limit = 50, after: After = 
 @router.post(
     "/v1/admin/orders/{order_id}/recover-inventory",
     response_model=None,
-    responses=doc.answers({200: doc.RecoveryResult}, "not_found", "cache_unavailable"),
+    responses=doc.answers(
+        {200: doc.RecoveryResult}, "not_found", "invalid_transition", "cache_unavailable"
+    ),
 )
 async def recover_inventory(key: Admin, order_id: OrderPath, b: B) -> Response:
     def render(result: Recovery | None) -> tuple[int, Any]:

@@ -254,6 +254,14 @@ class IdempotencyKeyReusedProblem(ProblemBody):
     status: Literal[422]
 
 
+class UnknownSkuProblem(ProblemBody):
+    """The order names SKUs never created (``skus``, every one); nothing was reserved."""
+
+    code: Literal["unknown_sku"]
+    status: Literal[422]
+    skus: list[str]
+
+
 class RequestHeaderFieldsTooLargeProblem(ProblemBody):
     code: Literal["request_header_fields_too_large"]
     status: Literal[431]
@@ -307,6 +315,7 @@ PROBLEMS: dict[str, type[ProblemBody]] = {
         PayloadTooLargeProblem,
         ValidationErrorProblem,
         IdempotencyKeyReusedProblem,
+        UnknownSkuProblem,
         RequestHeaderFieldsTooLargeProblem,
         InternalErrorProblem,
         BusyProblem,

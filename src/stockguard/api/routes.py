@@ -399,7 +399,11 @@ async def get_availability(
     status_code=201,
     response_model=None,
     responses=doc.answers(
-        {201: doc.Order, 200: doc.Order}, "out_of_stock", "conflict", "cache_unavailable"
+        {201: doc.Order, 200: doc.Order},
+        "out_of_stock",
+        "unknown_sku",
+        "conflict",
+        "cache_unavailable",
     ),
 )
 async def place_order(body: OrderIn, key: Service, b: B) -> Response:

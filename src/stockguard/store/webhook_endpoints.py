@@ -155,9 +155,15 @@ async def backlog(conn: Conn) -> dict[str, tuple[int, int]]:
 
 
 async def delete_endpoint(conn: Conn, endpoint_id: str) -> bool:
-    """Remove the endpoint with its deliveries and pings (ON DELETE CASCADE)."""
+    """Remove the endpoint with its deliveries (ON DELETE CASCADE) and its pings."""
     deleted = await conn.fetchval(
-        "DELETE FROM webhook_endpoints WHERE id = $1 RETURNING id", endpoint_id
+        """
+        WITH gone AS (DELETE FROM webhook_endpoints WHERE id = $1 RETURNING id),
+             pings AS (DELETE FROM events WHERE type = 'ping'
+                       AND endpoint_id IN (SELECT id FROM gone))
+        SELECT id FROM gone
+        """,
+        endpoint_id,
     )
     return deleted is not None
 
