@@ -20,10 +20,14 @@ TOLERANCE_SECONDS = 300
 
 
 def _key(secret: str) -> bytes:
+    encoded = secret.removeprefix("whsec_")
     try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise WebhookVerificationError("the secret is not whsec_<base64>") from exc
+    if not key:
+        raise WebhookVerificationError("the secret is empty")
+    return key
 
 
 def sign_webhook(secret: str, webhook_id: str, timestamp: int, payload: bytes) -> str:
