@@ -22,6 +22,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".stockguard-installed"
+CLIENT = ROOT / "clients" / "python"
 COVERAGE_FAIL_UNDER = "95"
 
 
@@ -34,7 +35,9 @@ def _run(*args: str | Path) -> None:
 
 def ensure_venv() -> None:
     """Create the venv and (re)install when pyproject.toml has changed since the last install."""
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (CLIENT / "pyproject.toml").read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -42,6 +45,8 @@ def ensure_venv() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    # The Python client is its own package; its tests run in the same pytest run.
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", CLIENT)
     STAMP.write_text(wanted)
 
 

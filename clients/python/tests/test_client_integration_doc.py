@@ -91,3 +91,11 @@ def test_a_wrong_command_would_be_caught(wrong: list[str]) -> None:
         check=False,
     )
     assert done.returncode != 0
+
+
+def test_the_client_readme_python_blocks_compile() -> None:
+    readme = ROOT / "clients" / "python" / "README.md"
+    found = [body for lang, body in FENCE.findall(readme.read_text()) if lang == "python"]
+    assert found
+    for body in found:
+        compile(body, str(readme), "exec")
