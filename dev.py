@@ -65,7 +65,8 @@ def test(args: list[str]) -> None:
     _run(PYTHON, "-m", "mypy")
     _run(
         PYTHON, "-m", "pytest",
-        "--cov=stockguard", "--cov-branch", "--cov-report=term-missing:skip-covered",
+        "--cov=stockguard", "--cov=stockguard_client",
+        "--cov-branch", "--cov-report=term-missing:skip-covered",
         f"--cov-fail-under={COVERAGE_FAIL_UNDER}",
         *args,
     )  # fmt: skip

@@ -125,3 +125,16 @@ def test_sync_and_async_clients_offer_the_same_methods() -> None:
         return {n for n in dir(cls) if not n.startswith("_")}
 
     assert public(Client) - {"close"} == public(AsyncClient) - {"aclose"}
+
+
+async def test_async_iterators_of_every_list(server: Server, stock: StockHelper) -> None:
+    sku = stock.sku("AITER", 3)
+    store = f"astore-{stock.uid}"
+    async with AsyncClient(server.url, server.admin_key) as admin:
+        await admin.put_location(store, "Store")
+        await admin.create_transfer(f"at-{stock.uid}", "main", store, [{"sku": sku, "quantity": 1}])
+        assert sku in {s.sku async for s in admin.iter_skus(page_size=2)}
+        assert store in {loc.code async for loc in admin.iter_locations(page_size=2)}
+        transfers = {t.id async for t in admin.iter_transfers(status="in_transit", page_size=1)}
+        assert f"at-{stock.uid}" in transfers
+        assert "client-tests" in {k.name async for k in admin.iter_api_keys(page_size=1)}
