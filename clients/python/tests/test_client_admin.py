@@ -108,7 +108,9 @@ def test_keys_verify_and_recovery(server: Server, admin: Client, stock: StockHel
     order = admin.place_order([{"sku": sku, "quantity": 1}], id=f"rec-{stock.uid}")
     admin.pay_order(order.id, provider="manual", payment_id=f"rec-{stock.uid}")
     recovered = admin.recover_inventory(order.id)
-    assert recovered["outcome"] == "skipped_already_committed"
+    assert recovered.outcome == "skipped_already_committed"
+    assert recovered.order is not None
+    assert recovered.order.status == "paid"
     assert order.id not in {o.id for o in admin.list_needs_review(limit=500).items}
 
 
@@ -152,3 +154,30 @@ def test_an_answer_that_is_not_ours_still_raises() -> None:
     assert 20 < err.retry_after <= 30
     junk = httpx.Response(503, headers={"Retry-After": "soon"}, request=request)
     assert retry_after(junk) is None
+
+
+def test_ledger_logs_explain_reconcile_and_readiness(
+    server: Server, admin: Client, stock: StockHelper
+) -> None:
+    sku = stock.sku("LEDGER", 5)
+    order = admin.place_order([{"sku": sku, "quantity": 2}], id=f"led-{stock.uid}")
+    moves = admin.list_movements(sku=sku, limit=10).items
+    assert [(m.reason, m.on_hand_delta, m.reserved_delta) for m in moves][:1] == [("reserve", 0, 2)]
+    assert all(m.sku == sku for m in moves)
+    assert [m.order_id for m in admin.list_movements(order_id=order.id).items] == [order.id]
+    logs = admin.list_inventory_logs(order.id).items
+    assert logs
+    assert all(log.order_id == order.id for log in logs)
+    found = admin.explain(sku, location="main", at=datetime.now(UTC))
+    assert found.consistent
+    assert [(lv.location, lv.on_hand, lv.reserved) for lv in found.levels] == [("main", 5, 2)]
+    with pytest.raises(ValueError, match="timezone"):
+        admin.explain(sku, at=datetime(2026, 1, 1))  # noqa: DTZ001 - the refused case
+    report = admin.reconcile_cache(repair=False)
+    assert report.checked >= 1
+    assert report.drifted == []
+    assert admin.list_paid_uncommitted(limit=500).items is not None
+    with Client(server.url, "no key needed") as anyone:
+        readiness = anyone.ready()
+    assert readiness.ok
+    assert readiness.checks == {"postgres": True, "redis": True}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 from urllib.parse import quote
 
@@ -23,11 +24,17 @@ from stockguard_client.models import (
     BatchResult,
     Channel,
     EventPage,
+    Explanation,
+    InventoryLog,
     Level,
     Location,
     Model,
+    Movement,
     Order,
     Page,
+    Readiness,
+    ReconcileReport,
+    RecoveryResult,
     Return,
     Sku,
     Transfer,
@@ -109,6 +116,7 @@ class Call(Generic[T]):
     params: list[tuple[str, str | int]] = field(default_factory=list)
     body: Any = None
     idempotency_key: str | None = None
+    answers: tuple[int, ...] = ()  # error statuses whose body is the answer, not a problem
 
     @property
     def safe_to_resend(self) -> bool:
@@ -121,7 +129,7 @@ class Call(Generic[T]):
 
     def result(self, response: httpx.Response) -> T:
         """The answer read as its model, or the problem raised as its exception."""
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in self.answers:
             raise problem_error(response, self.idempotency_key)
         return self.read(response)
 
@@ -524,10 +532,76 @@ def verify() -> Call[VerifyReport]:
     return Call("GET", "/v1/admin/verify", _json_of(VerifyReport))
 
 
-def recover_inventory(order_id: str, *, idempotency_key: str | None = None) -> Call[dict[str, Any]]:
-    """Commit a paid order's stock (``{outcome, order, log_id}``)."""
+def recover_inventory(order_id: str, *, idempotency_key: str | None = None) -> Call[RecoveryResult]:
+    """Commit a paid order's stock and reserve again what expired (never releases)."""
     path = f"/v1/admin/orders/{_seg(order_id)}/recover-inventory"
-    return _post(path, _json_of(dict[str, Any]), None, idempotency_key)
+    return _post(path, _json_of(RecoveryResult), None, idempotency_key)
+
+
+def list_paid_uncommitted(
+    *, limit: int | None = None, after: str | None = None
+) -> Call[Page[Order]]:
+    """Paid orders whose stock is not committed yet (recovery's work list)."""
+    path = "/v1/admin/orders/paid-uncommitted"
+    return Call("GET", path, _json_of(Page[Order]), params=_page(limit, after))
+
+
+def list_movements(
+    *,
+    sku: str | None = None,
+    order_id: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Call[Page[Movement]]:
+    """Ledger rows, newest first, of a SKU and/or an order."""
+    params = _page(limit, after)
+    if sku is not None:
+        params.append(("sku", sku))
+    if order_id is not None:
+        params.append(("order_id", order_id))
+    return Call("GET", "/v1/admin/movements", _json_of(Page[Movement]), params=params)
+
+
+def list_inventory_logs(
+    order_id: str, *, limit: int | None = None, after: str | None = None
+) -> Call[Page[InventoryLog]]:
+    """An order's inventory log, oldest first."""
+    path = f"/v1/admin/orders/{_seg(order_id)}/inventory-logs"
+    return Call("GET", path, _json_of(Page[InventoryLog]), params=_page(limit, after))
+
+
+def explain(
+    sku: str,
+    *,
+    location: str | None = None,
+    at: datetime | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Call[Explanation]:
+    """A SKU's levels as of ``at`` (timezone-aware; default now) rebuilt from the ledger."""
+    params: list[tuple[str, str | int]] = [("sku", sku)]
+    if location is not None:
+        params.append(("location", location))
+    if at is not None:
+        if at.tzinfo is None:
+            raise ValueError("at: give a timezone-aware datetime")
+        params.append(("at", at.isoformat()))
+    params.extend(_page(limit, after))
+    return Call("GET", "/v1/admin/explain", _json_of(Explanation), params=params)
+
+
+def reconcile_cache(
+    *, repair: bool = False, idempotency_key: str | None = None
+) -> Call[ReconcileReport]:
+    """Compare Redis with PostgreSQL for every SKU, rewriting drift when ``repair``."""
+    body = {"repair": repair}
+    return _post("/v1/admin/cache/reconcile", _json_of(ReconcileReport), body, idempotency_key)
+
+
+def ready() -> Call[Readiness]:
+    """``GET /readyz`` (no key needed): PostgreSQL, and Redis in strict mode, reachable.
+    A server that is not ready answers with ``ok`` false rather than an exception."""
+    return Call("GET", "/readyz", _json_of(Readiness), answers=(503,))
 
 
 def list_needs_review(*, limit: int | None = None, after: str | None = None) -> Call[Page[Order]]:

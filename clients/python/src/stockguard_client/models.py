@@ -18,11 +18,17 @@ __all__ = [
     "BatchItemResult",
     "BatchResult",
     "Channel",
+    "Counts",
+    "Drift",
     "Event",
     "EventPage",
+    "ExplainLevel",
+    "Explanation",
+    "InventoryLog",
     "Level",
     "Location",
     "Model",
+    "Movement",
     "Order",
     "OrderEvent",
     "OrderEventData",
@@ -33,7 +39,10 @@ __all__ = [
     "PaymentInconsistency",
     "PaymentInconsistencyEvent",
     "PingEvent",
+    "Readiness",
     "Receipt",
+    "ReconcileReport",
+    "RecoveryResult",
     "Reservation",
     "Return",
     "ReturnLine",
@@ -269,6 +278,90 @@ class ApiKey(Model):
     created_at: datetime
     revoked_at: datetime | None = None
     key: str | None = None
+
+
+class Movement(Model):
+    """A ledger row (``GET /v1/admin/movements``), newest first; ``sku`` is left out in
+    an :class:`Explanation` (they are all of its SKU)."""
+
+    id: int
+    sku: str | None = None
+    location: str
+    on_hand_delta: int
+    reserved_delta: int
+    unavailable_delta: int = 0
+    reason: str
+    order_id: str | None = None
+    reservation_id: int | None = None
+    actor: str | None = None
+    reference: str | None = None
+    created_at: datetime
+
+
+class InventoryLog(Model):
+    """One row of an order's inventory log, oldest first."""
+
+    id: int
+    order_id: str
+    action: str
+    actor: str | None = None
+    reservation_ids: list[int] = Field(default_factory=list)
+    error_reason: str | None = None
+    context: Any = None
+    created_at: datetime
+
+
+class Counts(Model):
+    on_hand: int
+    reserved: int
+    unavailable: int
+
+
+class ExplainLevel(Counts):
+    location: str
+
+
+class Explanation(Model):
+    """A SKU's levels as of ``at`` rebuilt from the ledger, the movements that made them,
+    and whether the whole ledger adds up to the levels now."""
+
+    sku: str
+    location: str | None = None
+    at: datetime | None = None
+    now: datetime
+    levels: list[ExplainLevel]
+    totals: Counts
+    movements: list[Movement]
+    next: str | None = None
+    consistent: bool
+    mismatches: list[dict[str, Any]]
+
+
+class Drift(Model):
+    sku: str
+    redis: Any = None
+    postgres: Any = None
+
+
+class ReconcileReport(Model):
+    checked: int
+    drifted: list[Drift]
+    repaired: int
+
+
+class RecoveryResult(Model):
+    outcome: Literal["success", "skipped_already_committed", "failed", "inconsistent"]
+    order: Order | None = None
+    log_id: int | None = None
+
+
+class Readiness(Model):
+    """``GET /readyz``: whether this server can change stock now, and why not."""
+
+    ok: bool
+    mode: str | None = None
+    checks: dict[str, bool] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(default_factory=dict)
 
 
 class Violation(Model):
