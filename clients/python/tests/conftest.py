@@ -117,6 +117,8 @@ def running_stockguard(scratch: Path, base_db: str, redis_url: str) -> Iterator[
         "STOCKGUARD_STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
         "STOCKGUARD_EXPIRY_INTERVAL_SECONDS": "0.2",
         "STOCKGUARD_LOG_LEVEL": "WARNING",
+        # Webhook endpoints on loopback (the tests' receivers); unknown before they land.
+        "STOCKGUARD_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
         "STOCKGUARD_DATA_DIR": str(scratch / "data"),
     }
     log = scratch / "serve.log"
