@@ -6,7 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from events import Storefront
-from stockguard_client import WebhookVerificationError, verify_webhook
+from stockguard_client import Client, WebhookVerificationError, verify_webhook
+
+
+def subscribe(admin: Client, url: str) -> tuple[str, str]:
+    """Once, with an admin key: send order and stock events to ``url``. Returns the
+    endpoint's id and its secret, which is shown only now: keep it with your app's
+    other secrets."""
+    endpoint = admin.create_webhook_endpoint(url, ["order.*", "stock.*"], description="shop")
+    assert endpoint.secret is not None
+    return endpoint.id, endpoint.secret
 
 
 def receive(body: bytes, headers: Mapping[str, str], secret: str, store: Storefront) -> int:

@@ -75,15 +75,12 @@ def receiver() -> Iterator[Receiver]:
 def test_deliveries_verify_with_the_endpoints_secret(
     admin: Client, shop: Client, stock: StockHelper, receiver: Receiver
 ) -> None:
-    made = admin.create_webhook_endpoint(
-        receiver.url, ["order.*", "stock.*"], description=f"shop {stock.uid}"
-    )
-    assert made.secret is not None
-    assert made.secret.startswith("whsec_")
-    receiver.secret = made.secret
+    endpoint_id, receiver.secret = webhooks.subscribe(admin, receiver.url)
+    assert receiver.secret.startswith("whsec_")
     try:
-        assert made.active
-        assert admin.get_webhook_endpoint(made.id).secret is None  # shown once
+        made = admin.get_webhook_endpoint(endpoint_id)
+        assert made.secret is None  # shown once
+        assert (made.url, made.events, made.active) == (receiver.url, ["order.*", "stock.*"], True)
         assert made.id in {e.id for e in admin.list_webhook_endpoints(limit=500).items}
 
         sku = stock.sku("HOOK", 1)
