@@ -103,9 +103,14 @@ def _machine_servers(scratch: Path) -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def running_stockguard(scratch: Path, base_db: str, redis_url: str) -> Iterator[Server]:
-    name = f"stockguard_client_test_{RUN}"
-    prefix = f"sgclient:{RUN}:"
+def running_stockguard(
+    scratch: Path, base_db: str, redis_url: str, label: str = "main"
+) -> Iterator[Server]:
+    """``stockguard serve`` on a new database and Redis prefix named by ``label``."""
+    name = f"stockguard_client_test_{RUN}_{label}"
+    prefix = f"sgclient:{RUN}:{label}:"
+    scratch = scratch / label
+    scratch.mkdir()
     database_url = _database(base_db, name)
     asyncio.run(_admin_sql(base_db, f'CREATE DATABASE "{name}"'))
     env = {
@@ -151,22 +156,33 @@ def running_stockguard(scratch: Path, base_db: str, redis_url: str) -> Iterator[
                 process.wait()
         asyncio.run(_admin_sql(base_db, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         r = redis.Redis.from_url(redis_url)
-        for key in r.scan_iter(match=f"{prefix}*", count=1000):
-            r.delete(key)
+        with contextlib.suppress(redis.ConnectionError):  # a test may have stopped it
+            for key in r.scan_iter(match=f"{prefix}*", count=1000):
+                r.delete(key)
         r.close()
 
 
+@dataclass(frozen=True)
+class Machine:
+    scratch: Path
+    base_db: str  # a database of the PostgreSQL server we create ours on
+    redis_url: str
+
+
 @pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+def machine() -> Iterator[Machine]:
     scratch = Path(tempfile.mkdtemp(prefix="stockguard-client-test-"))
     try:
-        with (
-            _machine_servers(scratch) as (base_db, redis_url),
-            running_stockguard(scratch, base_db, redis_url) as running,
-        ):
-            yield running
+        with _machine_servers(scratch) as (base_db, redis_url):
+            yield Machine(scratch, base_db, redis_url)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(machine: Machine) -> Iterator[Server]:
+    with running_stockguard(machine.scratch, machine.base_db, machine.redis_url) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
