@@ -5,6 +5,8 @@ Schemas the served document does not name yet are checked once it does."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import Server
-from stockguard_client import ReturnableLine, Shortage
+from stockguard_client import ReturnableLine, Shortage, _calls
 from stockguard_client import models as m
 
 # client model ← the answer schemas (components) that it reads
@@ -94,3 +96,19 @@ def test_event_kinds_are_the_documented_ones(schemas: dict[str, Any]) -> None:
     if "properties" in event:  # one schema with a union of data
         assert set(event["properties"]) <= names
     assert {"id", "seq", "type", "occurred_at", "data"} == names
+
+
+# Routes a shop's backend never calls: the payment providers call these.
+NOT_WRAPPED = {"/v1/webhooks/stripe", "/v1/webhooks/razorpay"}
+
+
+def _template(path: str) -> str:
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+def test_every_route_of_the_served_api_has_a_method(server: Server) -> None:
+    served = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    source = Path(_calls.__file__).read_text().replace("{_HOOKS}", _calls._HOOKS)
+    wrapped = {_template(p) for p in re.findall(r"f?\"(/[a-z0-9/{}_().-]*)\"", source)}
+    wanted = {_template(p) for p in served if p.startswith("/v1/") or p == "/readyz"}
+    assert wanted - wrapped - NOT_WRAPPED == set()
