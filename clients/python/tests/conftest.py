@@ -122,7 +122,7 @@ def running_stockguard(
         "STOCKGUARD_STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
         "STOCKGUARD_EXPIRY_INTERVAL_SECONDS": "0.2",
         "STOCKGUARD_LOG_LEVEL": "WARNING",
-        # Webhook endpoints on loopback (the tests' receivers); unknown before they land.
+        # Webhook endpoints on loopback (the tests' receivers).
         "STOCKGUARD_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
         "STOCKGUARD_DATA_DIR": str(scratch / "data"),
     }

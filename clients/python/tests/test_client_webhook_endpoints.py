@@ -13,23 +13,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import Server, StockHelper
+from conftest import StockHelper
 from stockguard_client import Client, NotFound, ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import events
 import webhooks
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _needs_webhook_endpoints(server: Server) -> None:
-    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
-    if "/v1/admin/webhook-endpoints" not in paths:
-        pytest.skip("this server has no webhook endpoints yet (they land from wt-hooks)")
 
 
 @dataclass
