@@ -21,6 +21,7 @@ from stockguard_client import (
     Shortage,
     StockguardError,
     Unauthorized,
+    UnknownSku,
     ValidationError,
 )
 
@@ -169,6 +170,11 @@ def test_validation_errors_name_the_fields(shop: Client, stock: StockHelper) -> 
     assert caught.value.errors, caught.value.problem
     with pytest.raises(ValidationError):
         shop.place_order([{"sku": sku, "quantity": 1}], reservation_ttl_seconds=86_401)
+    with pytest.raises(UnknownSku) as unknown:
+        shop.place_order([{"sku": sku, "quantity": 1}, {"sku": f"NONE-{stock.uid}", "quantity": 1}])
+    assert unknown.value.status == 422
+    assert unknown.value.skus == [f"NONE-{stock.uid}"]
+    assert shop.get_sku(sku).reserved == 0
 
 
 def test_keys_and_roles(server: Server, admin: Client, stock: StockHelper) -> None:

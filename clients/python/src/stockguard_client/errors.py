@@ -5,7 +5,7 @@
     ├── Forbidden                    403 forbidden
     ├── NotFound                     404 not_found
     ├── ValidationError              422 validation_error (``errors``)
-    │   └── UnknownSku               422 unknown_sku
+    │   └── UnknownSku               422 unknown_sku (``skus``)
     ├── IdempotencyKeyReused         422 idempotency_key_reused
     ├── OutOfStock                   409 out_of_stock (``shortages``)
     ├── InvalidTransition            409 invalid_transition (``from_status``, ``to_status``)
@@ -132,7 +132,14 @@ class ValidationError(StockguardError):
 
 
 class UnknownSku(ValidationError):
+    """An order named SKUs that do not exist (``skus``); nothing was reserved."""
+
     code_name = "unknown_sku"
+
+    @property
+    def skus(self) -> list[str]:
+        found = self.problem.get("skus")
+        return [s for s in found if isinstance(s, str)] if isinstance(found, list) else []
 
 
 class IdempotencyKeyReused(StockguardError):
