@@ -36,6 +36,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".stockguard-installed"
+CLIENT = ROOT / "clients" / "python"
 COVERAGE_FAIL_UNDER = "95"
 
 # Pytest options that choose which tests run: with any of them the run is partial. (-x
@@ -61,7 +62,9 @@ def _run(*args: str | Path, env: dict[str, str] | None = None) -> None:
 
 def ensure_venv() -> None:
     """Create the venv and (re)install when pyproject.toml has changed since the last install."""
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (CLIENT / "pyproject.toml").read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -74,6 +77,8 @@ def ensure_venv() -> None:
     )
     _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    # The Python client is its own package; its tests run in the same pytest run.
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", CLIENT)
     STAMP.write_text(wanted)
     print("dev.py: installed", flush=True)
 
@@ -133,7 +138,8 @@ def pytest_command(args: list[str]) -> list[str | Path]:
         return [PYTHON, "-m", "pytest", *args]
     return [
         PYTHON, "-m", "pytest",
-        "--cov=stockguard", "--cov-branch", "--cov-report=term-missing:skip-covered",
+        "--cov=stockguard", "--cov=stockguard_client",
+        "--cov-branch", "--cov-report=term-missing:skip-covered",
         f"--cov-fail-under={COVERAGE_FAIL_UNDER}",
         *args,
     ]  # fmt: skip
