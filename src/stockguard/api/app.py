@@ -19,6 +19,7 @@ from stockguard.api.responses import install_problem_schema
 from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
+from stockguard.service.batcher import PlacementBatcher
 from stockguard.service.idempotency import KeyAnswered
 from stockguard.service.uow import Backends
 from stockguard.workers.loops import start_workers, stop_workers
@@ -45,6 +46,8 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                     yield
                 finally:
                     await stop_workers(tasks)
+                    if app.state.batcher is not None:
+                        await app.state.batcher.drain()
         finally:
             endpoints.close()
 
@@ -58,6 +61,20 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     if backends is not None:
         app.state.backends = backends
     app.state.settings = settings
+
+    def current_backends() -> Backends:
+        b: Backends = app.state.backends
+        return b
+
+    app.state.batcher = (
+        PlacementBatcher(
+            current_backends,
+            max_batch=settings.order_batch_max,
+            lanes=settings.order_batch_lanes,
+        )
+        if settings.order_batching
+        else None
+    )
     install_handlers(app)
     install_problem_schema(app)
     app.include_router(recovery.router)  # before routes: its paths are more specific
