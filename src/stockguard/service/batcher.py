@@ -20,7 +20,8 @@ requests is run again alone, so one request cannot take the others down.
 "Sold out costs nothing": after a batch refuses a SKU with nothing available, the next
 buyers of that SKU are first checked against the availability cache, which is at parity
 with PostgreSQL (written under the levels' locks before COMMIT); when it shows the order
-cannot fit, the buyer is refused from it without queueing for the SKU's rows.
+cannot fit (and the order id is new: a repeated id answers with its order), the buyer is
+refused from it without queueing for the SKU's rows.
 """
 
 from __future__ import annotations
@@ -103,8 +104,10 @@ class PlacementBatcher:
         self.max_batch = max_batch
         self._lanes = [_Lane() for _ in range(lanes)]
         self._sold_out: set[str] = set()  # SKUs a batch found with nothing available
-        self.batches = 0  # batches run, and requests decided in them (for tests, metrics)
+        # Batches committed, requests decided in them and the largest (tests, the benchmark).
+        self.batches = 0
         self.decided = 0
+        self.largest = 0
 
     # ------------------------------------------------------------------ the interface
 
@@ -163,6 +166,9 @@ class PlacementBatcher:
         if not shortages:
             self._sold_out.difference_update(skus)
             return None
+        # A repeated id answers with its order, whatever is left: only a new one is refused.
+        if await backends.pool.fetchval("SELECT true FROM orders WHERE id = $1", request.id):
+            return None
         return OutOfStock(shortages)
 
     def _remember_sold_out(self, outcomes: list[Outcome | None]) -> None:
@@ -202,6 +208,7 @@ class PlacementBatcher:
             return
         self.batches += 1
         self.decided += len(live)
+        self.largest = max(self.largest, len(live))
         self._remember_sold_out(decided.outcomes)
         for p, outcome, answer in zip(live, decided.outcomes, decided.answers, strict=True):
             if p.claim is not None:
