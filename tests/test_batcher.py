@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from stockguard.api.app import build_app
+from stockguard.api.auth import KnownKeys
 from stockguard.cache.breaker import CacheBreaker
 from stockguard.config import Settings
 from stockguard.domain.errors import OutOfStock
@@ -23,6 +24,7 @@ from stockguard.service.batcher import Outcome, PlacementBatcher
 from stockguard.service.idempotency import Answer, Claim, KeyAnswered, close_claim, open_claim
 from stockguard.service.orders import Placed, PlaceOrder
 from stockguard.service.uow import Backends
+from stockguard.store import keys
 from tests.conftest import Keys, Stocker
 from tests.helpers import assert_cache_parity, assert_invariants, level, race
 
@@ -308,3 +310,42 @@ async def test_a_failure_of_every_request_fails_the_whole_batch(
     assert await level(backends.pool, sku, f"w{uid}") == (10, 0)
     with pytest.raises(ValueError, match="at least 1"):
         PlacementBatcher(lambda: backends, lanes=0)
+
+
+async def test_a_key_revoked_through_one_process_is_refused_by_another_within_a_second(
+    settings: Settings, backends: Backends, api_keys: Keys, uid: str
+) -> None:
+    first, second = build_app(settings, backends), build_app(settings, backends)
+    async with backends.pool.acquire() as conn:
+        made, clear = await keys.create_key(conn, "service", f"revoked{uid}")
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://stockguard.test",
+            headers={"Authorization": f"Bearer {clear}"},
+        )
+        for app in (first, second)
+    ]
+    async with clients[0] as one, clients[1] as other:
+        assert (await other.get("/v1/locations")).status_code == 200
+        known = _known_keys(second)
+        lookups = known.lookups
+        for _ in range(20):  # a known key: no database round trip each time
+            assert (await other.get("/v1/locations")).status_code == 200
+        assert known.lookups - lookups <= 2
+        revoked = await one.delete(
+            f"/v1/admin/api-keys/{made.id}",
+            headers={"Authorization": f"Bearer {api_keys.admin}"},
+        )
+        assert revoked.status_code == 204, revoked.text
+        deadline = time.monotonic() + 1.0
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            status = (await other.get("/v1/locations")).status_code
+        assert status == 401
+        assert (await one.get("/v1/locations")).status_code == 401
+
+
+def _known_keys(app: Any) -> KnownKeys:
+    known: KnownKeys = app.state.known_keys
+    return known

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from stockguard import __version__
 from stockguard.api import bulk, recovery, returns, transfers, webhooks
-from stockguard.api.auth import ADMIN, SERVICE, Authentication
+from stockguard.api.auth import ADMIN, SERVICE, Authentication, KnownKeys
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.problems import install_handlers
@@ -66,6 +66,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         b: Backends = app.state.backends
         return b
 
+    app.state.known_keys = KnownKeys()
     app.state.batcher = (
         PlacementBatcher(
             current_backends,
@@ -100,6 +101,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         routes=lambda: app.routes,
         roles={service_role: SERVICE, admin_role: ADMIN},
         pool=pool,
+        known=app.state.known_keys,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeaderLimit)  # outermost: a huge head is refused before anything
