@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any
 from bench.env import check_local, fresh_database, run_guarded, wait_for_headroom
 from faults.checker import check, settle
 from faults.cluster import Timing, cluster
+from faults.events_check import check_events, events_snapshot
 from faults.history import AMBIGUOUS, OK, History
 from faults.nemesis import FAULT_INTERVAL_S, Nemesis, SpinWatch, plan
 from faults.report import summary
@@ -191,6 +193,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         progress("checking the history against the database")
         check_violations, doc["database"] = await check(c, history, initial)
         violations += check_violations
+        progress("checking the events against the database")
+        outbox = await events_snapshot(c.database_url)
+        violations += check_events(outbox)
+        doc["events"] = dict(Counter(e["type"] for e in outbox["events"]).most_common())
         doc["processes"] = {p.name: {"starts": p.starts} for p in [*c.apis, c.worker]}
     ops = len(history.ops)
     acked = sum(1 for o in history.ops if o.outcome == OK)

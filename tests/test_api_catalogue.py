@@ -76,6 +76,7 @@ async def test_put_sku_creates_then_updates_and_keeps_stock(
         "unavailable": 0,
         "safety_stock": 0,
         "available": 0,
+        "low_stock_threshold": None,
         "levels": [],
     }
     await stock({sku: {f"w{uid}": 4}})

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stockguard.cli_events import events_app
 from stockguard.cli_transfers import transfers_app
 from stockguard.config import Settings
 from stockguard.domain.errors import StockguardError
@@ -58,6 +59,7 @@ stock_app = typer.Typer(
 )
 app.add_typer(stock_app, name="stock")
 app.add_typer(transfers_app, name="transfers")
+app.add_typer(events_app, name="events")
 
 
 def _settings() -> Settings:

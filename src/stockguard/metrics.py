@@ -8,6 +8,8 @@ __all__ = [
     "AVAILABILITY_READS",
     "CACHE_SYNC_FAILURES",
     "COMPENSATION_FAILED",
+    "EVENTS_SEQUENCED",
+    "EVENTS_WRITTEN",
     "OPERATION_SECONDS",
     "OUT_OF_STOCK",
     "RECONCILER_REPAIRS",
@@ -35,3 +37,9 @@ AVAILABILITY_READS = Counter(
     "stockguard_availability_reads_total", "Availability lookups per SKU", ["source"]
 )
 WORKER_RUNS = Counter("stockguard_worker_runs_total", "Worker passes", ["worker", "outcome"])
+EVENTS_WRITTEN = Counter(
+    "stockguard_events_written_total", "Events committed to the outbox", ["type"]
+)
+EVENTS_SEQUENCED = Counter(
+    "stockguard_events_sequenced_total", "Events numbered into the feed (commit order)"
+)

@@ -16,6 +16,8 @@ __all__ = [
     "AdjustmentResult",
     "BatchItemResult",
     "BatchResult",
+    "Event",
+    "EventPage",
     "Explain",
     "Level",
     "Order",
@@ -246,6 +248,76 @@ class TransferPage(Answer):
     next: Cursor
 
 
+# ------------------------------------------------------------ events
+
+
+class StockChangedData(Answer):
+    """``stock.changed``: the SKU's totals over active locations after the change."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    unavailable: int
+    safety_stock: int
+    available: int
+    locations: dict[str, int] = Field(description="available per active location")
+
+
+class StockEdgeData(Answer):
+    """``stock.out_of_stock``, ``stock.back_in_stock`` and ``stock.low`` (with
+    ``threshold``)."""
+
+    sku: str
+    available: int
+    threshold: int | None = None
+
+
+class OrderEventData(Answer):
+    """``order.*``: the order as ``GET /v1/orders/{id}`` shows it after the change."""
+
+    order: Order
+    reason: str | None = None
+
+
+class PaymentInconsistencyData(Answer):
+    order_id: str
+    reason: str
+    provider: str | None = None
+    payment_id: str | None = None
+
+
+class TransferEventData(Answer):
+    """``transfer.shipped``, ``transfer.received`` (each receipt), ``transfer.cancelled``."""
+
+    transfer: Transfer
+
+
+class PingData(Answer):
+    endpoint_id: str
+
+
+class Event(Answer):
+    """One event, as the feed lists it and a webhook delivers it (the body)."""
+
+    id: str = Field(description="evt_…; every delivery attempt carries the same id")
+    seq: int | None = Field(description="commit order; null only for a ping")
+    type: str
+    occurred_at: Timestamp
+    data: (
+        StockChangedData
+        | StockEdgeData
+        | OrderEventData
+        | PaymentInconsistencyData
+        | TransferEventData
+        | PingData
+    )
+
+
+class EventPage(Answer):
+    items: list[Event]
+    next: int | None = Field(description="the seq to pass as `after`, or null: nothing newer now")
+
+
 # ------------------------------------------------------------ operations' responses=
 
 _WHY = {
@@ -255,6 +327,7 @@ _WHY = {
     403: "The key's role may not do this",
     404: "Not found",
     409: "Refused: the current state does not allow it; nothing changed",
+    410: "Gone: the events after this seq were removed by retention",
     422: "Invalid request; nothing changed",
     503: "Busy or the database is unreachable; retry",
 }

@@ -247,13 +247,17 @@ def _sku(view: SkuView) -> dict[str, Any]:
         "unavailable": view.unavailable,
         "safety_stock": view.safety_stock,
         "available": view.available,
+        "low_stock_threshold": view.low_stock_threshold,
         "levels": [_level(lv) for lv in view.levels],
     }
 
 
 @router.put("/v1/skus/{sku}", tags=["catalogue"])
 async def put_sku(key: Admin, sku: SkuPath, body: SkuIn, b: B) -> JSONResponse:
-    view, created = await catalogue.put_sku(b, sku, body.name, actor(key))
+    threshold = (
+        (body.low_stock_threshold,) if "low_stock_threshold" in body.model_fields_set else None
+    )
+    view, created = await catalogue.put_sku(b, sku, body.name, actor(key), threshold=threshold)
     return _json(_sku(view), 201 if created else 200)
 
 

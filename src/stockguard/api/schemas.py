@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from stockguard.domain.errors import ValidationFailed
+from stockguard.render import order_json, return_json, ts
 from stockguard.service.catalogue import Adjustment
-from stockguard.store.orders import OrderRecord
-from stockguard.store.returns import ReturnRecord
 
 __all__ = [
     "CODE_PATTERN",
@@ -70,6 +68,7 @@ class ChannelIn(Strict):
 
 class SkuIn(Strict):
     name: Name
+    low_stock_threshold: int | None = Field(default=None, ge=0, le=BIG)
 
 
 class AdjustmentIn(Strict):
@@ -156,65 +155,6 @@ class ApiKeyIn(Strict):
 
 class ReconcileIn(Strict):
     repair: bool = False
-
-
-def ts(value: datetime | None) -> str | None:
-    """RFC 3339 UTC."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def return_json(r: ReturnRecord) -> dict[str, Any]:
-    return {
-        "return_id": r.return_id,
-        "order_id": r.order_id,
-        "lines": [
-            {
-                "sku": ln.sku,
-                "quantity": ln.quantity,
-                "disposition": ln.disposition,
-                "location": ln.location,
-            }
-            for ln in r.lines
-        ],
-        "note": r.note,
-        "created_at": ts(r.created_at),
-    }
-
-
-def order_json(o: OrderRecord) -> dict[str, Any]:
-    payment = (
-        {"provider": o.payment_provider, "payment_id": o.payment_id, "paid_at": ts(o.paid_at)}
-        if o.payment_id
-        else None
-    )
-    return {
-        "id": o.id,
-        "status": o.status.value,
-        "channel": o.channel,
-        "lines": [{"sku": sku, "quantity": q} for _, sku, q in o.lines],
-        "reservations": [
-            {
-                "id": r.id,
-                "sku": r.sku,
-                "location": r.location,
-                "quantity": r.quantity,
-                "status": r.status.value,
-                "expires_at": ts(r.expires_at),
-            }
-            for r in o.reservations
-        ],
-        "payment": payment,
-        "total_amount": o.total_amount,
-        "currency": o.currency,
-        "preferred_locations": o.preferred_locations,
-        "allow_split": o.allow_split,
-        "cancel_reason": o.cancel_reason,
-        "returns": [return_json(r) for r in o.returns],
-        "created_at": ts(o.created_at),
-        "updated_at": ts(o.updated_at),
-    }
 
 
 def encode_cursor(value: Any) -> str:

@@ -22,12 +22,12 @@ from stockguard.api.schemas import (
     SkuCode,
     Strict,
     page,
-    ts,
 )
 from stockguard.api.strict import StrictJSONRoute
 from stockguard.domain.errors import ValidationFailed
+from stockguard.render import transfer_json
 from stockguard.service import transfers
-from stockguard.service.transfers import TransferRecord, TransferStatus
+from stockguard.service.transfers import TransferStatus
 
 __all__ = ["router", "transfer_json"]
 
@@ -61,37 +61,6 @@ def _transfer_path(transfer_id: str) -> str:
 
 
 TransferPath = Annotated[str, Depends(_transfer_path)]
-
-
-def transfer_json(t: TransferRecord) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "from": t.from_location,
-        "to": t.to_location,
-        "status": t.status.value,
-        "lines": [
-            {
-                "sku": ln.sku,
-                "quantity": ln.quantity,
-                "received": ln.received,
-                "in_transit": ln.in_transit,
-                "cancelled": ln.cancelled,
-            }
-            for ln in t.lines
-        ],
-        "receipts": [
-            {
-                "receipt_id": r.receipt_id,
-                "lines": [{"sku": sku, "quantity": q} for sku, q in r.lines],
-                "actor": r.actor,
-                "created_at": ts(r.created_at),
-            }
-            for r in t.receipts
-        ],
-        "note": t.note,
-        "created_at": ts(t.created_at),
-        "updated_at": ts(t.updated_at),
-    }
 
 
 def _written(w: transfers.Written) -> tuple[int, Any]:

@@ -17,6 +17,7 @@
     ├── Conflict                       conflict                409
     ├── BatchRejected                  batch_rejected          409
     │   └── PaymentReused              conflict                409
+    ├── EventsExpired                  events_expired          410
     ├── InvalidSignature               invalid_signature       400
     ├── PayloadTooLarge                payload_too_large       413
     └── CacheUnavailable               cache_unavailable       503
@@ -33,6 +34,7 @@ __all__ = [
     "BatchRejected",
     "CacheUnavailable",
     "Conflict",
+    "EventsExpired",
     "Forbidden",
     "IdempotencyKeyReused",
     "InsufficientStock",
@@ -157,6 +159,10 @@ class BatchRejected(StockguardError):
             items=[{"index": i, "problem": problem_body(e)} for i, e in failed],
         )
         self.failed = failed
+
+
+class EventsExpired(StockguardError):
+    code, status, title = "events_expired", 410, "Events expired"
 
 
 class InvalidSignature(StockguardError):

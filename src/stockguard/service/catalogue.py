@@ -20,6 +20,8 @@ from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
 from stockguard.store.db import Conn
 from stockguard.store.levels import AVAILABLE_SQL, Delta, LevelRow
 
+MAX_UNITS = 1_000_000_000
+
 __all__ = [
     "Adjustment",
     "LevelView",
@@ -55,6 +57,7 @@ class SkuView:
     sku: str
     name: str
     levels: list[LevelView] = field(default_factory=list)
+    low_stock_threshold: int | None = None
 
     @property
     def on_hand(self) -> int:
@@ -91,6 +94,13 @@ async def put_location(
         before = await uow.conn.fetchrow(
             "SELECT active FROM locations WHERE code = $1 FOR UPDATE", code
         )
+        if before is not None and before["active"] != active:
+            # Lock the SKUs' levels before the switch, so their totals before it are the
+            # "before" of their threshold events, and the cache is rewritten at COMMIT.
+            skus = await uow.conn.fetch(
+                "SELECT sku FROM inventory_levels WHERE location = $1", code
+            )
+            await uow.levels.touch_all_at([r["sku"] for r in skus])
         row = await uow.conn.fetchrow(
             """
             INSERT INTO locations (code, name, priority, active) VALUES ($1, $2, $3, $4)
@@ -104,11 +114,6 @@ async def put_location(
             active,
         )
         assert row is not None
-        if before is not None and before["active"] != active:
-            skus = await uow.conn.fetch(
-                "SELECT sku FROM inventory_levels WHERE location = $1", code
-            )
-            await uow.levels.touch_all_at([r["sku"] for r in skus])
         return dict(row.items()), before is None
 
     return await run(backends, actor, body, operation="put_location")
@@ -185,14 +190,28 @@ async def get_channel(backends: Backends, code: str) -> dict[str, Any]:
 
 
 async def put_sku(
-    backends: Backends, code: str, name: str, actor: str = "system"
+    backends: Backends,
+    code: str,
+    name: str,
+    actor: str = "system",
+    *,
+    threshold: tuple[int | None] | None = None,
 ) -> tuple[SkuView, bool]:
+    """Create or rename a SKU; ``threshold``, when given as ``(value,)``, sets its
+    ``low_stock_threshold`` (``(None,)`` clears it); left out, the threshold stays."""
+    if threshold is not None and threshold[0] is not None and not 0 <= threshold[0] <= MAX_UNITS:
+        raise ValidationFailed(f"low_stock_threshold: must be 0 to {MAX_UNITS:,} or null")
+
     async def body(uow: UnitOfWork) -> tuple[SkuView, bool]:
         created = await uow.conn.fetchval(
-            "INSERT INTO skus (code, name) VALUES ($1, $2) ON CONFLICT (code) DO UPDATE "
-            "SET name = $2, updated_at = now() RETURNING (xmax = 0)",
+            "INSERT INTO skus (code, name, low_stock_threshold) VALUES ($1, $2, $4) "
+            "ON CONFLICT (code) DO UPDATE SET name = $2, updated_at = now(), "
+            "low_stock_threshold = CASE WHEN $3 THEN $4 ELSE skus.low_stock_threshold END "
+            "RETURNING (xmax = 0)",
             code,
             name,
+            threshold is not None,
+            None if threshold is None else threshold[0],
         )
         views = await _sku_views(uow.conn, [code])
         return views[0], bool(created)
@@ -203,8 +222,8 @@ async def put_sku(
 async def _sku_views(conn: Conn, codes: Sequence[str]) -> list[SkuView]:
     rows = await conn.fetch(
         """
-        SELECT s.code, s.name, l.location, l.on_hand, l.reserved, l.unavailable,
-               l.safety_stock, loc.active
+        SELECT s.code, s.name, s.low_stock_threshold, l.location, l.on_hand, l.reserved,
+               l.unavailable, l.safety_stock, loc.active
         FROM skus s
         LEFT JOIN inventory_levels l ON l.sku = s.code
         LEFT JOIN locations loc ON loc.code = l.location
@@ -215,7 +234,9 @@ async def _sku_views(conn: Conn, codes: Sequence[str]) -> list[SkuView]:
     )
     views: dict[str, SkuView] = {}
     for r in rows:
-        view = views.setdefault(r["code"], SkuView(r["code"], r["name"]))
+        view = views.setdefault(
+            r["code"], SkuView(r["code"], r["name"], low_stock_threshold=r["low_stock_threshold"])
+        )
         if r["location"] is not None:
             view.levels.append(
                 LevelView(

@@ -42,6 +42,7 @@ async def expire_order(backends: Backends, order_id: str, actor: str = ACTOR) ->
             uow.actor,
             [LogEntry(order_id, LogAction.EXPIRED, [r["id"] for r in expired])],
         )
+        uow.events.order(order_id, "order.expired")
         return sum(int(r["quantity"]) for r in expired)
 
     return await run(backends, actor, body, operation="expire_order")

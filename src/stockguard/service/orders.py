@@ -399,6 +399,7 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     for d in winners:
         d.created = True
         d.order = _new_order(d.req, now, reservations[d.req.id])
+        uow.events.order(d.req.id, "order.placed")
     return decisions
 
 
@@ -503,6 +504,20 @@ async def set_order_status(
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
     await uow.conn.execute(f"UPDATE orders SET {', '.join(sets)} WHERE id = $1", *args)
+    announced = STATUS_EVENTS.get(status)
+    if announced is not None and order.status != status:
+        reason = extra.get("cancel_reason")
+        uow.events.order(order.id, announced, reason if isinstance(reason, str) else None)
+
+
+# The status changes announced as events (API.md "Outgoing events"); processing is not.
+STATUS_EVENTS: dict[OrderStatus, str] = {
+    OrderStatus.PAID: "order.paid",
+    OrderStatus.NEEDS_REVIEW: "order.needs_review",
+    OrderStatus.CANCELLED: "order.cancelled",
+    OrderStatus.SHIPPED: "order.shipped",
+    OrderStatus.DELIVERED: "order.delivered",
+}
 
 
 # ---------------------------------------------------------------- restoring
@@ -602,11 +617,13 @@ async def delete_order(backends: Backends, order_id: str, actor: str) -> None:
             raise OrderNotDeletable(f"a {order.status.value} order cannot be deleted")
         if order.status != OrderStatus.CANCELLED:
             await restore(uow, order, via="delete")
+            uow.events.order(order_id, "order.cancelled", "deleted")
         await uow.conn.execute(
             "UPDATE orders SET deleted_at = now(), updated_at = now(), status = 'cancelled', "
             "cancel_reason = coalesce(cancel_reason, 'deleted') WHERE id = $1",
             order_id,
         )
+        uow.events.order(order_id, "order.deleted")
 
     await run(backends, actor, body, operation="delete_order")
 
@@ -744,6 +761,8 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
             "a different payment for an order already paid: possible double charge",
             recorded=[order.payment_provider, order.payment_id],
             received=[proof.provider, proof.payment_id],
+            provider=proof.provider,
+            payment_id=proof.payment_id,
         )
         if order.status == OrderStatus.PAID:
             await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
@@ -760,7 +779,15 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
     await record_payment(uow, order.id, proof)
     mismatch = _amount_mismatch(order, proof)
     if mismatch:
-        await log_inconsistency(uow.conn, uow.actor, order.id, "AMOUNT_MISMATCH", mismatch)
+        await log_inconsistency(
+            uow.conn,
+            uow.actor,
+            order.id,
+            "AMOUNT_MISMATCH",
+            mismatch,
+            provider=proof.provider,
+            payment_id=proof.payment_id,
+        )
         await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
         return await _fresh(uow.conn, order_id)
     rereserved = await rereserve_missing(uow, order)

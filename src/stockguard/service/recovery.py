@@ -156,6 +156,7 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
         OrderStatus.PROCESSING if order.status == OrderStatus.PROCESSING else OrderStatus.PAID
     )
     await set_order_status(uow, order, recovered)
+    uow.events.order(order.id, "order.recovered")
     return Recovery(Outcome.SUCCESS, await load_order(uow.conn, order.id), log_id)
 
 

@@ -208,6 +208,7 @@ async def apply_return(uow: UnitOfWork, req: ReturnRequest) -> Returned:
         uow.conn, req.return_id, req.order_id, digest, req.note, uow.actor, lines
     )
     await uow.conn.execute("UPDATE orders SET updated_at = now() WHERE id = $1", req.order_id)
+    uow.events.order(req.order_id, "order.returned")
     ret = ReturnRecord(req.return_id, req.order_id, req.note, created_at, digest, lines)
     return Returned(ret, created=True)
 

@@ -35,6 +35,7 @@ from stockguard.domain.errors import (
     ValidationFailed,
 )
 from stockguard.domain.model import MovementReason
+from stockguard.render import transfer_json
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.db import Conn
 from stockguard.store.levels import Delta
@@ -322,6 +323,7 @@ async def create_transfer(backends: Backends, req: CreateTransfer, actor: str) -
         )
         created = await load_transfer(conn, req.id)
         assert created is not None
+        uow.events.add("transfer.shipped", {"transfer": transfer_json(created)})
         return Written(created, created=True)
 
     return await run(backends, actor, body, operation="create_transfer")
@@ -422,6 +424,7 @@ async def receive_transfer(
         )
         after = await load_transfer(conn, transfer_id)
         assert after is not None
+        uow.events.add("transfer.received", {"transfer": transfer_json(after)})
         return Written(after, created=True)
 
     return await run(backends, actor, body, operation="receive_transfer")
@@ -473,6 +476,7 @@ async def cancel_transfer(backends: Backends, transfer_id: str, actor: str) -> T
         )
         after = await load_transfer(conn, transfer_id)
         assert after is not None
+        uow.events.add("transfer.cancelled", {"transfer": transfer_json(after)})
         return after
 
     return await run(backends, actor, body, operation="cancel_transfer")

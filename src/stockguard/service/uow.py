@@ -24,9 +24,15 @@ from stockguard.cache.redis_cache import RedisCache, stamp_and_load
 from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable
 from stockguard.logging import get_logger
-from stockguard.metrics import CACHE_SYNC_FAILURES, COMPENSATION_FAILED, OPERATION_SECONDS
+from stockguard.metrics import (
+    CACHE_SYNC_FAILURES,
+    COMPENSATION_FAILED,
+    EVENTS_WRITTEN,
+    OPERATION_SECONDS,
+)
 from stockguard.service.idempotency import Answer, claim_key, current_claim, store_answer
 from stockguard.store.db import CONNECTION_LOST, Conn, LostBeforeCommit, retrying
+from stockguard.store.events import Outbox
 from stockguard.store.levels import LevelWriter
 
 __all__ = ["Backends", "CacheSkipped", "UnitOfWork", "mark_dirty", "repair_cache", "run"]
@@ -46,6 +52,8 @@ class Backends:
     cache_mode: CacheMode = CacheMode.STRICT
     redis_timeout: float = 0.5
     breaker: CacheBreaker = field(default_factory=CacheBreaker)
+    # The outbox; off only to measure what it costs (bench): events are the contract.
+    events: bool = True
 
 
 class CacheSkipped(ConnectionError):
@@ -57,6 +65,7 @@ class UnitOfWork:
     conn: Conn
     levels: LevelWriter
     actor: str
+    events: Outbox = field(default_factory=Outbox)
 
 
 async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
@@ -167,11 +176,17 @@ async def run(
         async with backends.pool.acquire() as conn:
             tr = conn.transaction()
             await tr.start()
-            uow = UnitOfWork(conn=conn, levels=LevelWriter(conn, actor), actor=actor)
+            uow = UnitOfWork(
+                conn=conn,
+                levels=LevelWriter(conn, actor),
+                actor=actor,
+                events=Outbox(enabled=backends.events),
+            )
             try:
                 if claim is not None:
                     await claim_key(conn, claim)
                 result = await fn(uow)
+                await uow.events.flush(conn, uow.levels)
                 if claim is not None:
                     assert claim.render is not None
                     answer = claim.render(result)
@@ -201,6 +216,8 @@ async def run(
             raise failed
         if claim is not None:
             claim.answer, claim.done = answer, True
+        for event_type, n in uow.events.written.items():
+            EVENTS_WRITTEN.labels(event_type).inc(n)
         return result
 
     with OPERATION_SECONDS.labels(operation).time():

@@ -118,6 +118,10 @@ class LevelWriter:
         self.conn = conn
         self.actor = actor
         self.touched: set[str] = set()
+        # Each SKU's total available (over active locations) when this transaction first
+        # locked it: the "before" of its threshold events. Nothing else can change the
+        # SKU's levels while they are locked, so the total at COMMIT is the "after".
+        self.before: dict[str, int] = {}
 
     async def lock(self, skus: Iterable[str]) -> dict[tuple[str, str], LevelRow]:
         """Lock every level of these SKUs, in (sku, location) order, so no two
@@ -126,7 +130,15 @@ class LevelWriter:
         if not wanted:
             return {}
         rows = await self.conn.fetch(_LOCK_SQL, wanted)
-        return {(r["sku"], r["location"]): _row(r) for r in rows}
+        locked = {(r["sku"], r["location"]): _row(r) for r in rows}
+        fresh = [sku for sku in wanted if sku not in self.before]
+        if fresh:
+            totals = dict.fromkeys(fresh, 0)
+            for level in locked.values():
+                if level.sku in totals and level.active:
+                    totals[level.sku] += level.available
+            self.before.update(totals)
+        return locked
 
     async def peek(self, skus: Iterable[str]) -> dict[tuple[str, str], LevelRow]:
         """The same rows as :meth:`lock`, committed values, without locking: for decisions

@@ -233,6 +233,10 @@ async def log_inconsistency(
 ) -> int:
     """The one way to say ``INCONSISTENCY_DETECTED`` (a refund may be due, a double charge,
     a mismatch): ``reason`` is its ``error_reason``, ``detail`` what a person reads."""
+    # Its event is written with it: every INCONSISTENCY_DETECTED is announced.
+    data: dict[str, Any] = {"order_id": order_id, "reason": reason}
+    data.update({k: context[k] for k in ("provider", "payment_id") if k in context})
+    await conn.execute("INSERT INTO events (type, data) VALUES ('payment.inconsistency', $1)", data)
     (log_id,) = await insert_logs(
         conn,
         actor,

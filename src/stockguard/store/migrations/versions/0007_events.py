@@ -3,13 +3,14 @@ and their deliveries (DESIGN.md §10, invariant 14; API.md "Outgoing events").
 
 - ``skus.low_stock_threshold``: ``stock.low`` fires when total available drops below it.
 - ``events``: written by the transaction that made the change (so an event exists if and
-  only if its change committed). ``id`` is the insert position and ``txid`` the writing
-  transaction; neither is commit order. ``seq`` is: it stays NULL until the *sequencer*
-  numbers the event, which it does only once every transaction that could still write
-  a smaller ``txid`` has finished (``txid < pg_snapshot_xmin(pg_current_snapshot())``).
-  The sequencer runs one at a time (the ``event_counter`` row is its lock) and numbers
-  on from the last ``seq``, so a reader that has seen ``seq = N`` never later finds an
-  unseen event with ``seq <= N``. An event never changes after it is written, except
+  only if its change committed). ``id`` is the insert position, taken when the row is
+  written: transactions commit out of that order, so a reader of ``id > after`` would
+  skip an event that commits late with a smaller id. ``seq`` is given only after commit,
+  by the *sequencer* (``stockguard_sequence_events``), one pass at a time (the
+  ``event_counter`` row is its lock), each numbering on from the last ``seq`` the events
+  it sees committed, in insert order (which is commit order for two transactions that
+  touched the same SKU or order). ``txid`` names the writing transaction. A reader that
+  has seen ``seq = N`` therefore never later finds an unseen event with ``seq <= N``. An event never changes after it is written, except
   that its ``seq`` is set once (trigger).
 - ``event_counter``: the last ``seq`` given, and the last ``seq`` retention removed
   (``after`` below it → 410 ``events_expired``).
@@ -66,7 +67,7 @@ CREATE TABLE events (
     CONSTRAINT events_ping_has_endpoint CHECK ((type = 'ping') = (endpoint_id IS NOT NULL)),
     CONSTRAINT events_ping_not_in_feed CHECK (type <> 'ping' OR seq IS NULL)
 );
-CREATE INDEX events_unsequenced ON events (txid, id) WHERE seq IS NULL AND type <> 'ping';
+CREATE INDEX events_unsequenced ON events (id) WHERE seq IS NULL AND type <> 'ping';
 CREATE INDEX events_by_occurred ON events (occurred_at) WHERE seq IS NOT NULL;
 
 CREATE TABLE event_counter (
@@ -121,28 +122,30 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         OR split_part(event_type, '.', 1) || '.*' = ANY(patterns)
 $$;
 
--- Number every event whose transaction can no longer be followed by one with a smaller
--- txid, in (txid, id) order, and make its deliveries. Returns how many it numbered;
--- 0 when another sequencer holds the counter (it is doing the same work).
+-- Number the committed, unnumbered events, in insert order, on from the last seq, and
+-- make their deliveries; returns how many. The counter row is the sequencer's lock:
+-- one runs at a time (another returns 0 at once), and each numbers only what it can
+-- see committed, so a seq is given after its event committed and every later pass gives
+-- larger ones: numbers appear in the feed in increasing order, never behind a reader.
+-- Within a pass, insert order is commit order for any two transactions that touched
+-- the same SKU or order: each writes its events after taking the locks that serialise
+-- it with the other (the outbox is flushed last), so the later one inserts after the
+-- earlier one committed.
 CREATE FUNCTION stockguard_sequence_events(max_rows integer) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    horizon xid8;
-    base    bigint;
-    n       bigint;
+    base bigint;
+    n    bigint;
 BEGIN
     SELECT last_seq INTO base FROM event_counter FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    -- Every transaction with a txid below the horizon has finished: none of them can
-    -- still commit an event, so numbering these can never be overtaken.
-    horizon := pg_snapshot_xmin(pg_current_snapshot());
     WITH ready AS (
-        SELECT id, row_number() OVER (ORDER BY txid, id) AS k
-        FROM (SELECT id, txid FROM events
-              WHERE seq IS NULL AND type <> 'ping' AND txid < horizon
-              ORDER BY txid, id
+        SELECT id, row_number() OVER (ORDER BY id) AS k
+        FROM (SELECT id FROM events
+              WHERE seq IS NULL AND type <> 'ping'
+              ORDER BY id
               LIMIT max_rows) AS r
     )
     UPDATE events e SET seq = base + ready.k FROM ready WHERE e.id = ready.id;

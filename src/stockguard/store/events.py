@@ -1,0 +1,218 @@
+"""The transactional outbox (DESIGN.md §10, invariant 14) and the feed's reads.
+
+A use case says what happened to orders and transfers (:meth:`Outbox.order`,
+:meth:`Outbox.add`); the stock events need no call at all: :class:`LevelWriter` knows
+which SKUs the transaction touched and what their totals were when it first locked them.
+:meth:`Outbox.flush` runs last in the transaction (``uow.run``), so an event exists if
+and only if its change commits, and writes everything in at most three statements
+whatever the batch size: one order read, one insert of the order/transfer events, one
+insert of the stock events computed from totals before and after.
+
+Commit order: events are numbered after commit by ``stockguard_sequence_events`` (see
+migration 0007) and the feed reads only numbered events, so ``seq`` is the order in
+which events became visible and a reader never misses one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from stockguard.render import order_json, ts
+from stockguard.store.db import Conn
+from stockguard.store.levels import AVAILABLE_SQL, LevelWriter
+from stockguard.store.orders import find_orders
+
+__all__ = [
+    "EVENT_TYPES",
+    "EventRecord",
+    "Outbox",
+    "event_json",
+    "horizon",
+    "read_feed",
+    "sequence_events",
+]
+
+# Every type the contract names (API.md "Outgoing events"), ping included.
+EVENT_TYPES = (
+    "stock.changed",
+    "stock.out_of_stock",
+    "stock.back_in_stock",
+    "stock.low",
+    "order.placed",
+    "order.paid",
+    "order.needs_review",
+    "order.cancelled",
+    "order.deleted",
+    "order.shipped",
+    "order.delivered",
+    "order.expired",
+    "order.recovered",
+    "order.returned",
+    "payment.inconsistency",
+    "transfer.shipped",
+    "transfer.received",
+    "transfer.cancelled",
+    "ping",
+)
+
+_INSERT_SQL = """
+INSERT INTO events (type, data)
+SELECT e.type, e.data FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS e(type, data, n)
+ORDER BY e.n
+"""
+
+# After-totals of the touched SKUs (over active locations, as Redis and the availability
+# reads count them) against the totals each had when this transaction first locked it:
+# stock.changed for each, and the threshold edges they crossed, in one statement.
+_STOCK_EVENTS_SQL = f"""
+WITH before AS (
+    SELECT b.sku, b.available FROM unnest($1::text[], $2::bigint[]) AS b(sku, available)
+), now AS (
+    SELECT s.code AS sku, s.low_stock_threshold AS threshold,
+           COALESCE(sum(l.on_hand) FILTER (WHERE loc.active), 0) AS on_hand,
+           COALESCE(sum(l.reserved) FILTER (WHERE loc.active), 0) AS reserved,
+           COALESCE(sum(l.unavailable) FILTER (WHERE loc.active), 0) AS unavailable,
+           COALESCE(sum(l.safety_stock) FILTER (WHERE loc.active), 0) AS safety_stock,
+           COALESCE(sum({AVAILABLE_SQL}) FILTER (WHERE loc.active), 0) AS available,
+           COALESCE(jsonb_object_agg(l.location, {AVAILABLE_SQL})
+                    FILTER (WHERE loc.active), '{{}}'::jsonb) AS locations
+    FROM skus s
+    LEFT JOIN inventory_levels l ON l.sku = s.code
+    LEFT JOIN locations loc ON loc.code = l.location
+    WHERE s.code = ANY($1::text[])
+    GROUP BY s.code
+)
+INSERT INTO events (type, data)
+SELECT t.type, t.data
+FROM now JOIN before ON before.sku = now.sku
+CROSS JOIN LATERAL (VALUES
+    (1, 'stock.changed', true, jsonb_build_object(
+        'sku', now.sku, 'on_hand', now.on_hand, 'reserved', now.reserved,
+        'unavailable', now.unavailable, 'safety_stock', now.safety_stock,
+        'available', now.available, 'locations', now.locations)),
+    (2, 'stock.out_of_stock', before.available > 0 AND now.available = 0,
+        jsonb_build_object('sku', now.sku, 'available', 0)),
+    (3, 'stock.back_in_stock', before.available = 0 AND now.available > 0,
+        jsonb_build_object('sku', now.sku, 'available', now.available)),
+    (4, 'stock.low', now.threshold IS NOT NULL AND before.available >= now.threshold
+                     AND now.available < now.threshold,
+        jsonb_build_object('sku', now.sku, 'available', now.available,
+                           'threshold', now.threshold))
+) AS t(k, type, fire, data)
+WHERE t.fire
+ORDER BY now.sku, t.k
+RETURNING type
+"""
+
+
+@dataclass
+class Outbox:
+    """The events of one transaction, written by :meth:`flush` just before COMMIT."""
+
+    enabled: bool = True
+    _orders: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
+    _other: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    written: Counter[str] = field(default_factory=Counter)
+
+    def order(self, order_id: str, event_type: str, reason: str | None = None) -> None:
+        """``order_id`` changed that way; the event carries the order as it is at the end
+        of the transaction."""
+        self._orders.setdefault(order_id, []).append((event_type, reason))
+
+    def add(self, event_type: str, data: dict[str, Any]) -> None:
+        self._other.append((event_type, data))
+
+    async def flush(self, conn: Conn, levels: LevelWriter) -> None:
+        if not self.enabled:
+            return
+        types: list[str] = []
+        payloads: list[dict[str, Any]] = []
+        if self._orders:
+            found = {
+                o.id: o
+                for o in await find_orders(conn, "WHERE o.id = ANY($1::text[])", list(self._orders))
+            }
+            for order_id, happened in self._orders.items():
+                rendered = order_json(found[order_id])
+                for event_type, reason in happened:
+                    data: dict[str, Any] = {"order": rendered}
+                    if reason is not None:
+                        data["reason"] = reason
+                    types.append(event_type)
+                    payloads.append(data)
+        for event_type, data in self._other:
+            types.append(event_type)
+            payloads.append(data)
+        if types:
+            await conn.execute(_INSERT_SQL, types, payloads)
+            self.written.update(types)
+        touched = sorted(levels.touched)
+        if touched:
+            before = [levels.before.get(sku) for sku in touched]
+            rows = await conn.fetch(_STOCK_EVENTS_SQL, touched, before)
+            self.written.update(r["type"] for r in rows)
+
+
+async def sequence_events(conn: Conn | asyncpg.Pool, max_rows: int = 1000) -> int:
+    """Number the events whose transactions can no longer be overtaken (and make their
+    webhook deliveries); 0 when there is nothing, or another process is doing it."""
+    pending = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE seq IS NULL AND type <> 'ping')"
+    )
+    if not pending:
+        return 0
+    return int(await conn.fetchval("SELECT stockguard_sequence_events($1)", max_rows))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    event_id: str
+    seq: int
+    type: str
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    """An event as the feed shows it and a webhook delivers it."""
+    return {
+        "id": e.event_id,
+        "seq": e.seq,
+        "type": e.type,
+        "occurred_at": ts(e.occurred_at),
+        "data": e.data,
+    }
+
+
+async def horizon(conn: Conn | asyncpg.Pool) -> tuple[int, int]:
+    """(last seq given, last seq removed by retention)."""
+    row = await conn.fetchrow("SELECT last_seq, pruned_through FROM event_counter")
+    assert row is not None
+    return int(row["last_seq"]), int(row["pruned_through"])
+
+
+async def read_feed(
+    conn: Conn | asyncpg.Pool, after: int, limit: int, types: Sequence[str] = ()
+) -> list[EventRecord]:
+    """Numbered events after ``after`` in ``seq`` order; ``types`` are exact types or
+    ``prefix.*`` patterns (none: all)."""
+    rows = await conn.fetch(
+        """
+        SELECT event_id, seq, type, occurred_at, data FROM events
+        WHERE seq > $1 AND (cardinality($3::text[]) = 0 OR stockguard_event_matches($3, type))
+        ORDER BY seq
+        LIMIT $2
+        """,
+        after,
+        limit,
+        list(types),
+    )
+    return [
+        EventRecord(r["event_id"], r["seq"], r["type"], r["occurred_at"], r["data"]) for r in rows
+    ]
