@@ -15,6 +15,8 @@ Prints one JSON document on stdout (progress goes to stderr). Scenarios:
 7. ``trace``: at concurrency 1, each PostgreSQL statement, Redis call and the Python
    time of a reservation and a cancel (where the time goes).
 8. ``pgbench`` (full runs, when installed): PostgreSQL's own one-hot-row ceiling.
+9. ``issue10`` (when ``wrk`` is installed): issue 10's figures side by side with one
+   outside load generator (bench/targets.py), each printed with its ratio and target.
 
 Then ``verify`` over the bench database and a Redis/PostgreSQL parity check over every
 SKU used. Exit status: 0 when everything held; 1 when verify found violations, the flash
@@ -64,6 +66,7 @@ from bench.scenarios import (
     reserve_http,
     reserve_service,
 )
+from bench.targets import issue10
 from bench.trace import statement_trace
 from bench.workload import OrderFactory, seed
 from stockguard.cache.redis_cache import RedisCache
@@ -84,6 +87,7 @@ SCENARIOS = (
     "trace",
     "reserve_http",
     "pgbench",
+    "issue10",
 )
 
 
@@ -195,6 +199,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> tuple[dict[str, Any]
                 ("trace", "trace_concurrency_1", _trace),
                 ("reserve_http", "reserve_http", reserve_http),
                 ("pgbench", "pgbench_hot_row", _pgbench),
+                ("issue10", "issue10", issue10),
             ]
             for name, key, fn in steps:
                 if name in wanted:

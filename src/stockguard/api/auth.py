@@ -150,8 +150,20 @@ class Authentication:
         self.pool = pool
         self.known = known
         self._needs: list[tuple[APIRoute, str]] | None = None
+        self._seen: dict[tuple[str, str], str | None] = {}  # (method, path) -> role
 
     def _needed_role(self, scope: Scope) -> str | None:
+        """Matching every route's pattern costs more than the rest of a small request:
+        the answer is remembered per method and path (a bounded memory: hot paths)."""
+        seen = (scope["method"], scope["path"])
+        if seen in self._seen:
+            return self._seen[seen]
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        role = self._seen[seen] = self._match_role(scope)
+        return role
+
+    def _match_role(self, scope: Scope) -> str | None:
         if self._needs is None:
             self._needs = [
                 (r, role)
