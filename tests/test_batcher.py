@@ -255,10 +255,30 @@ async def test_sold_out_buyers_are_refused_from_the_cache_without_a_batch(
     )
     assert sum(isinstance(r, Placed) for r in first) == 1
     batches = batcher.batches
-    later = await batcher.place(PlaceOrder(f"s{uid}-x", ((sku, 2),)), "t")
+    winner = next(r for r in first if isinstance(r, Placed))
+    # Buyers arriving together, judged together from the cache: new ones are refused; the
+    # winner's id again is answered with its order and a used key with its answer, by a
+    # batch (the cache alone cannot know them).
+    await backends.pool.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, content_type, "
+        "body) VALUES ($1, 'used', 'f', 201, 'application/json', '\\x00')",
+        f"owner{uid}",
+    )
+    later, *others, repeated, keyed = await asyncio.gather(
+        batcher.place(PlaceOrder(f"s{uid}-x", ((sku, 2),)), "t"),
+        *(batcher.place(PlaceOrder(f"s{uid}-z{i}", ((sku, 1),)), "t") for i in range(3)),
+        batcher.place(PlaceOrder(winner.order.id, ((sku, 1),)), "t"),
+        _with_claim(batcher, _claimed(uid, "used"), PlaceOrder(f"s{uid}-k", ((sku, 1),))),
+        return_exceptions=True,
+    )
     assert isinstance(later, OutOfStock)
     assert later.extra["shortages"] == [{"sku": sku, "requested": 2, "available": 0}]
-    assert batcher.batches == batches  # answered from the cache
+    assert all(isinstance(o, OutOfStock) for o in others)
+    assert isinstance(repeated, Placed)
+    assert not repeated.created
+    assert isinstance(keyed, KeyAnswered)
+    assert batcher.batches == batches + 1  # the repeats' batch; the others from the cache
+    batches = batcher.batches
     # Units come back: the next buyer is not refused from a stale memory.
     await catalogue.adjust_stock(
         backends, catalogue.Adjustment(sku=sku, location=loc, reason="received", delta=2), "t"

@@ -20,8 +20,9 @@ requests is run again alone, so one request cannot take the others down.
 "Sold out costs nothing": after a batch refuses a SKU with nothing available, the next
 buyers of that SKU are first checked against the availability cache, which is at parity
 with PostgreSQL (written under the levels' locks before COMMIT); when it shows the order
-cannot fit (and the order id is new: a repeated id answers with its order), the buyer is
-refused from it without queueing for the SKU's rows.
+cannot fit, and neither its id nor its key is known (a repeated id answers with its order,
+a used key with its answer), the buyer is refused from it without queueing for the SKU's
+rows. Buyers arriving together share one cache read and one query of ids and keys.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from stockguard.cache.redis_cache import RedisCache
 from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable, OutOfStock, Shortage, StockguardError
 from stockguard.logging import get_logger
@@ -77,6 +77,13 @@ class _Pending:
 
 
 @dataclass
+class _Suspect:
+    request: PlaceOrder
+    claim: Claim | None
+    future: asyncio.Future[OutOfStock | None]
+
+
+@dataclass
 class _Decided:
     outcomes: list[Outcome | None]  # None: the key was answered by another transaction
     answers: list[Answer | None]
@@ -104,6 +111,8 @@ class PlacementBatcher:
         self.max_batch = max_batch
         self._lanes = [_Lane() for _ in range(lanes)]
         self._sold_out: set[str] = set()  # SKUs a batch found with nothing available
+        self._suspects: list[_Suspect] = []  # their buyers, waiting for the cache's word
+        self._judging: asyncio.Task[None] | None = None
         # Batches committed, requests decided in them and the largest (tests, the benchmark).
         self.batches = 0
         self.decided = 0
@@ -147,29 +156,79 @@ class PlacementBatcher:
     ) -> OutOfStock | None:
         """The refusal a batch would give, read from the availability cache, for buyers of
         a SKU a batch recently found sold out; None when the order may fit (or the cache
-        cannot say)."""
+        cannot say). Buyers arriving together are judged together: one cache read and
+        one PostgreSQL query (is any of their ids or keys known?) for all of them."""
         skus = [sku for sku, _ in request.lines]
         if not self._sold_out or not self._sold_out.intersection(skus):
             return None
-        cache = backends.cache
         if (
-            cache is None
+            backends.cache is None
             or backends.cache_mode is not CacheMode.STRICT
             or request.channel is not None  # the cache does not know channels' locations
             or len(set(skus)) != len(skus)  # lines of one SKU interact: leave it to the batch
             or not backends.breaker.allow()
         ):
             return None
-        shortages = await _cached_shortages(cache, backends.redis_timeout, request)
-        if shortages is None:
-            return None
-        if not shortages:
-            self._sold_out.difference_update(skus)
-            return None
-        # A repeated id answers with its order, whatever is left: only a new one is refused.
-        if await backends.pool.fetchval("SELECT true FROM orders WHERE id = $1", request.id):
-            return None
-        return OutOfStock(shortages)
+        claim = current_claim()
+        future: asyncio.Future[OutOfStock | None] = asyncio.get_running_loop().create_future()
+        self._suspects.append(_Suspect(request, claim, future))
+        if self._judging is None:
+            self._judging = asyncio.create_task(
+                self._judge_suspects(backends), context=contextvars.Context()
+            )
+        return await future
+
+    async def _judge_suspects(self, backends: Backends) -> None:
+        try:
+            while self._suspects:
+                group = self._suspects[: self.max_batch]
+                del self._suspects[: self.max_batch]
+                try:
+                    verdicts = await self._judge(backends, group)
+                except Exception:  # the batch decides them instead
+                    log.warning("sold_out_check_failed", exc_info=True)
+                    verdicts = [None] * len(group)
+                for suspect, verdict in zip(group, verdicts, strict=True):
+                    if not suspect.future.done():
+                        suspect.future.set_result(verdict)
+        finally:
+            self._judging = None
+
+    async def _judge(self, backends: Backends, group: list[_Suspect]) -> list[OutOfStock | None]:
+        assert backends.cache is not None
+        skus = sorted({sku for s in group for sku, _ in s.request.lines})
+        try:
+            async with asyncio.timeout(backends.redis_timeout):
+                cached = await backends.cache.read(skus)
+        except CACHE_ERRORS:
+            return [None] * len(group)
+        short = [_cached_shortages(cached, s.request) for s in group]
+        self._sold_out.difference_update(
+            sku for sku in skus if (entry := cached.get(sku)) is not None and entry[0] > 0
+        )
+        candidates = [s for s, found in zip(group, short, strict=True) if found]
+        if not candidates:
+            return [None] * len(group)
+        keyed = [s for s in candidates if s.claim is not None]
+        # A repeated id answers with its order and a used key with its answer, whatever
+        # is left: only a new request is refused here.
+        known = await backends.pool.fetchrow(
+            "SELECT ARRAY(SELECT id FROM orders WHERE id = ANY($1::text[])) AS ids, "
+            "ARRAY(SELECT c.n FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS c(s, k, n) "
+            "WHERE EXISTS (SELECT 1 FROM idempotency_keys i WHERE i.scope = c.s AND i.key = c.k)"
+            ") AS used",
+            [s.request.id for s in candidates],
+            [s.claim.owner for s in keyed if s.claim is not None],
+            [s.claim.key for s in keyed if s.claim is not None],
+        )
+        assert known is not None
+        ids = set(known["ids"])
+        used = {id(keyed[n - 1]) for n in known["used"]}
+        verdicts: list[OutOfStock | None] = []
+        for s, found in zip(group, short, strict=True):
+            fresh = found and s.request.id not in ids and id(s) not in used
+            verdicts.append(OutOfStock(found) if fresh else None)
+        return verdicts
 
     def _remember_sold_out(self, outcomes: list[Outcome | None]) -> None:
         for outcome in outcomes:
@@ -283,21 +342,16 @@ async def _place_alone(backends: Backends, request: PlaceOrder, actor: str) -> O
         return exc
 
 
-async def _cached_shortages(
-    cache: RedisCache, wait: float, request: PlaceOrder
-) -> list[Shortage] | None:
+def _cached_shortages(
+    cached: dict[str, tuple[int, dict[str, int]] | None], request: PlaceOrder
+) -> list[Shortage]:
     """What the batch would find short, judged on the cached availability (one line per
-    SKU, every active location a candidate); None when an entry is missing."""
-    try:
-        async with asyncio.timeout(wait):
-            cached = await cache.read([sku for sku, _ in request.lines])
-    except CACHE_ERRORS:
-        return None
+    SKU, every active location a candidate); nothing when an entry is missing."""
     shortages: list[Shortage] = []
     for sku, quantity in request.lines:
         entry = cached.get(sku)
         if entry is None:
-            return None
+            return []
         total, locations = entry
         best = total if request.allow_split else max(locations.values(), default=0)
         if best < quantity:
