@@ -270,7 +270,8 @@ async def _pgbench(ctx: Ctx) -> dict[str, Any]:
 
 async def _checks(env: BenchEnv, cache: RedisCache, ctx: Ctx) -> dict[str, Any]:
     progress("--- verify and cache parity")
-    pool = await connect_pool(env.database_url, min_size=1, max_size=2)
+    # verify reads whole tables: no statement timeout for it.
+    pool = await connect_pool(env.database_url, min_size=1, max_size=2, statement_timeout_ms=0)
     try:
         async with pool.acquire() as conn:
             found = await verify(conn)

@@ -93,6 +93,10 @@ async def connect_pool(
         # size: a generic plan cached while a table was empty (no ANALYZE yet, autovacuum
         # off) would keep scanning it sequentially once it holds millions of rows.
         "plan_cache_mode": "force_custom_plan",
+        # Never JIT-compile: without statistics the estimates of the order reads grow
+        # with the tables until they pass jit_above_cost, and compiling then costs
+        # 50-100 ms per execution of a statement that runs in well under one.
+        "jit": "off",
     }
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
