@@ -53,6 +53,7 @@ from bench.env import (
     run_guarded,
     wait_for_headroom,
 )
+from bench.outbox import outbox_cost, webhook_delivery
 from bench.pgbench import pgbench_hot_row
 from bench.scenarios import (
     Config,
@@ -84,6 +85,8 @@ SCENARIOS = (
     "availability",
     "cache_parity_cost",
     "batched",
+    "outbox",
+    "delivery",
     "trace",
     "reserve_http",
     "pgbench",
@@ -196,6 +199,8 @@ async def run(args: argparse.Namespace, event_loop: str) -> tuple[dict[str, Any]
                 ("availability", "availability", availability_reads),
                 ("cache_parity_cost", "cache_parity_cost", cache_parity_cost),
                 ("batched", "batched_reservations", batched_reservations),
+                ("outbox", "outbox_cost", outbox_cost),
+                ("delivery", "webhook_delivery", webhook_delivery),
                 ("trace", "trace_concurrency_1", _trace),
                 ("reserve_http", "reserve_http", reserve_http),
                 ("pgbench", "pgbench_hot_row", _pgbench),

@@ -362,3 +362,34 @@ async def test_an_event_never_changes(backends: Backends, stock: Stocker, uid: s
     for change in ("data = '{}'", "seq = seq + 1000000", "type = 'stock.low'"):
         with pytest.raises(asyncpg.CheckViolationError):
             await backends.pool.execute(f"UPDATE events SET {change} WHERE id = $1", event_id)
+
+
+async def test_verify_watches_the_feed(backends: Backends, stock: Stocker, uid: str) -> None:
+    """``verify``: no seq beyond the sequencer's counter, and each SKU's last numbered
+    ``stock.changed`` tells its level."""
+    from stockguard.service.verify import verify
+
+    sku = f"VF{uid}"
+    await stock({sku: {f"w{uid}": 3}})
+    await backends.pool.fetchval("SELECT stockguard_sequence_events(100000)")
+
+    async def found() -> set[str]:
+        async with backends.pool.acquire() as conn:
+            return {v.check for v in await verify(conn) if v.invariant == 14}
+
+    assert await found() == set()
+    last = await backends.pool.fetchval("SELECT last_seq FROM event_counter")
+    lie = {"sku": sku, "on_hand": 99, "reserved": 0, "unavailable": 0, "available": 99}
+    planted = await backends.pool.fetchval(
+        "INSERT INTO events (type, data, seq) VALUES ('stock.changed', $1, $2) RETURNING id",
+        lie,
+        last + 1_000_000,
+    )
+    try:
+        assert await found() == {
+            "events_numbered_by_the_sequencer",
+            "stock_changed_tells_the_level",
+        }
+    finally:
+        await backends.pool.execute("DELETE FROM events WHERE id = $1", planted)
+    assert await found() == set()

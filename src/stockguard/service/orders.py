@@ -399,7 +399,7 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     for d in winners:
         d.created = True
         d.order = _new_order(d.req, now, reservations[d.req.id])
-        uow.events.order(d.req.id, "order.placed")
+        uow.events.order(d.req.id, "order.placed", record=d.order)
     return decisions
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from stockguard.store.db import Conn
+from stockguard.store.levels import AVAILABLE_SQL
 
 __all__ = ["CHECKS", "Violation", "verify"]
 
@@ -217,6 +218,42 @@ CHECKS: tuple[tuple[int, str, str], ...] = (
         HAVING (t.status = 'in_transit' AND sum(l.in_transit) = 0)
             OR (t.status <> 'in_transit' AND sum(l.in_transit) <> 0)
             OR (t.status = 'received' AND sum(l.cancelled) <> 0)
+        """,
+    ),
+    (
+        14,
+        "events_numbered_by_the_sequencer",
+        # Every seq was given by the sequencer (none beyond its counter), and pings, which
+        # only the test route sends, are never in the feed.
+        """
+        SELECT e.event_id, e.type, e.seq, c.last_seq
+        FROM events e CROSS JOIN event_counter c
+        WHERE e.seq > c.last_seq OR (e.type = 'ping' AND e.seq IS NOT NULL)
+        """,
+    ),
+    (
+        14,
+        "stock_changed_tells_the_level",
+        # Each SKU's last numbered stock.changed is what its levels hold, unless a newer
+        # event of the SKU still waits for its number (seq order is commit order per SKU).
+        f"""
+        SELECT t.sku, t.told, l.on_hand, l.reserved, l.unavailable
+        FROM (SELECT DISTINCT ON (data->>'sku') data->>'sku' AS sku, data AS told
+              FROM events WHERE type = 'stock.changed' AND seq IS NOT NULL
+              ORDER BY data->>'sku', seq DESC) t
+        JOIN (SELECT l.sku,
+                     COALESCE(sum(l.on_hand) FILTER (WHERE loc.active), 0) AS on_hand,
+                     COALESCE(sum(l.reserved) FILTER (WHERE loc.active), 0) AS reserved,
+                     COALESCE(sum(l.unavailable) FILTER (WHERE loc.active), 0) AS unavailable,
+                     COALESCE(sum({AVAILABLE_SQL}) FILTER (WHERE loc.active), 0) AS available
+              FROM inventory_levels l JOIN locations loc ON loc.code = l.location
+              GROUP BY l.sku) l ON l.sku = t.sku
+        WHERE ((t.told->>'on_hand')::bigint, (t.told->>'reserved')::bigint,
+               (t.told->>'unavailable')::bigint, (t.told->>'available')::bigint)
+              <> (l.on_hand, l.reserved, l.unavailable, l.available)
+          AND NOT EXISTS (SELECT 1 FROM events p
+                          WHERE p.seq IS NULL AND p.type = 'stock.changed'
+                            AND p.data->>'sku' = t.sku)
         """,
     ),
 )

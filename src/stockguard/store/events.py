@@ -4,9 +4,10 @@ A use case says what happened to orders and transfers (:meth:`Outbox.order`,
 :meth:`Outbox.add`); the stock events need no call at all: :class:`LevelWriter` knows
 which SKUs the transaction touched and what their totals were when it first locked them.
 :meth:`Outbox.flush` runs last in the transaction (``uow.run``), so an event exists if
-and only if its change commits, and writes everything in at most three statements
-whatever the batch size: one order read, one insert of the order/transfer events, one
-insert of the stock events computed from totals before and after.
+and only if its change commits, and writes everything in at most two statements
+whatever the batch size: a read of the orders it must render (none for placements,
+which pass the order they built), and one insert of every event, the stock events
+computed in it from the totals before and after.
 
 Commit order: events are numbered after commit by ``stockguard_sequence_events`` (see
 migration 0007) and the feed reads only numbered events, so ``seq`` is the order in
@@ -26,7 +27,7 @@ import asyncpg
 from stockguard.render import order_json, ts
 from stockguard.store.db import Conn
 from stockguard.store.levels import AVAILABLE_SQL, LevelWriter
-from stockguard.store.orders import find_orders
+from stockguard.store.orders import OrderRecord, find_orders
 
 __all__ = [
     "EVENT_TYPES",
@@ -61,17 +62,15 @@ EVENT_TYPES = (
     "ping",
 )
 
-_INSERT_SQL = """
-INSERT INTO events (type, data)
-SELECT e.type, e.data FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS e(type, data, n)
-ORDER BY e.n
-"""
-
-# After-totals of the touched SKUs (over active locations, as Redis and the availability
-# reads count them) against the totals each had when this transaction first locked it:
-# stock.changed for each, and the threshold edges they crossed, in one statement.
-_STOCK_EVENTS_SQL = f"""
-WITH before AS (
+# The whole flush in one statement: the events the use case named (orders, transfers), in
+# the order it named them, then per touched SKU its stock.changed and the threshold edges
+# it crossed, from its totals now (over active locations, as Redis and the availability
+# reads count them) against the totals it had when this transaction first locked it.
+_FLUSH_SQL = f"""
+WITH given AS (
+    SELECT g.n, g.type, g.data
+    FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS g(type, data, n)
+), before AS (
     SELECT b.sku, b.available FROM unnest($1::text[], $2::bigint[]) AS b(sku, available)
 ), now AS (
     SELECT s.code AS sku, s.low_stock_threshold AS threshold,
@@ -89,24 +88,28 @@ WITH before AS (
     GROUP BY s.code
 )
 INSERT INTO events (type, data)
-SELECT t.type, t.data
-FROM now JOIN before ON before.sku = now.sku
-CROSS JOIN LATERAL (VALUES
-    (1, 'stock.changed', true, jsonb_build_object(
-        'sku', now.sku, 'on_hand', now.on_hand, 'reserved', now.reserved,
-        'unavailable', now.unavailable, 'safety_stock', now.safety_stock,
-        'available', now.available, 'locations', now.locations)),
-    (2, 'stock.out_of_stock', before.available > 0 AND now.available = 0,
-        jsonb_build_object('sku', now.sku, 'available', 0)),
-    (3, 'stock.back_in_stock', before.available = 0 AND now.available > 0,
-        jsonb_build_object('sku', now.sku, 'available', now.available)),
-    (4, 'stock.low', now.threshold IS NOT NULL AND before.available >= now.threshold
-                     AND now.available < now.threshold,
-        jsonb_build_object('sku', now.sku, 'available', now.available,
-                           'threshold', now.threshold))
-) AS t(k, type, fire, data)
-WHERE t.fire
-ORDER BY now.sku, t.k
+SELECT e.type, e.data FROM (
+    SELECT 0 AS part, given.n AS k, '' AS sku, 0 AS edge, given.type, given.data FROM given
+    UNION ALL
+    SELECT 1, 0, now.sku, t.edge, t.type, t.data
+    FROM now JOIN before ON before.sku = now.sku
+    CROSS JOIN LATERAL (VALUES
+        (1, 'stock.changed', true, jsonb_build_object(
+            'sku', now.sku, 'on_hand', now.on_hand, 'reserved', now.reserved,
+            'unavailable', now.unavailable, 'safety_stock', now.safety_stock,
+            'available', now.available, 'locations', now.locations)),
+        (2, 'stock.out_of_stock', before.available > 0 AND now.available = 0,
+            jsonb_build_object('sku', now.sku, 'available', 0)),
+        (3, 'stock.back_in_stock', before.available = 0 AND now.available > 0,
+            jsonb_build_object('sku', now.sku, 'available', now.available)),
+        (4, 'stock.low', now.threshold IS NOT NULL AND before.available >= now.threshold
+                         AND now.available < now.threshold,
+            jsonb_build_object('sku', now.sku, 'available', now.available,
+                               'threshold', now.threshold))
+    ) AS t(edge, type, fire, data)
+    WHERE t.fire
+) AS e
+ORDER BY e.part, e.k, e.sku, e.edge
 RETURNING type
 """
 
@@ -118,12 +121,25 @@ class Outbox:
     enabled: bool = True
     _orders: dict[str, list[tuple[str, str | None]]] = field(default_factory=dict)
     _other: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _records: dict[str, OrderRecord] = field(default_factory=dict)
     written: Counter[str] = field(default_factory=Counter)
 
-    def order(self, order_id: str, event_type: str, reason: str | None = None) -> None:
+    def order(
+        self,
+        order_id: str,
+        event_type: str,
+        reason: str | None = None,
+        *,
+        record: OrderRecord | None = None,
+    ) -> None:
         """``order_id`` changed that way; the event carries the order as it is at the end
-        of the transaction."""
+        of the transaction: ``record`` when the caller has it whole (a placement builds
+        it from what it wrote), else read back in :meth:`flush`."""
         self._orders.setdefault(order_id, []).append((event_type, reason))
+        if record is not None:
+            self._records[order_id] = record
+        else:
+            self._records.pop(order_id, None)
 
     def add(self, event_type: str, data: dict[str, Any]) -> None:
         self._other.append((event_type, data))
@@ -134,10 +150,11 @@ class Outbox:
         types: list[str] = []
         payloads: list[dict[str, Any]] = []
         if self._orders:
-            found = {
-                o.id: o
-                for o in await find_orders(conn, "WHERE o.id = ANY($1::text[])", list(self._orders))
-            }
+            found = dict(self._records)
+            unread = [oid for oid in self._orders if oid not in found]
+            if unread:
+                for o in await find_orders(conn, "WHERE o.id = ANY($1::text[])", unread):
+                    found[o.id] = o
             for order_id, happened in self._orders.items():
                 rendered = order_json(found[order_id])
                 for event_type, reason in happened:
@@ -149,14 +166,12 @@ class Outbox:
         for event_type, data in self._other:
             types.append(event_type)
             payloads.append(data)
-        if types:
-            await conn.execute(_INSERT_SQL, types, payloads)
-            self.written.update(types)
         touched = sorted(levels.touched)
-        if touched:
-            before = [levels.before.get(sku) for sku in touched]
-            rows = await conn.fetch(_STOCK_EVENTS_SQL, touched, before)
-            self.written.update(r["type"] for r in rows)
+        if not types and not touched:
+            return
+        before = [levels.before.get(sku) for sku in touched]
+        rows = await conn.fetch(_FLUSH_SQL, touched, before, types, payloads)
+        self.written.update(r["type"] for r in rows)
 
 
 async def sequence_events(conn: Conn | asyncpg.Pool, max_rows: int = 1000) -> int:

@@ -10,8 +10,9 @@ and their deliveries (DESIGN.md §10, invariant 14; API.md "Outgoing events").
   ``event_counter`` row is its lock), each numbering on from the last ``seq`` the events
   it sees committed, in insert order (which is commit order for two transactions that
   touched the same SKU or order). ``txid`` names the writing transaction. A reader that
-  has seen ``seq = N`` therefore never later finds an unseen event with ``seq <= N``. An event never changes after it is written, except
-  that its ``seq`` is set once (trigger).
+  has seen ``seq = N`` therefore never later finds an unseen event with ``seq <= N``.
+  An event never changes after it is written, except that its ``seq`` is set once
+  (trigger).
 - ``event_counter``: the last ``seq`` given, and the last ``seq`` retention removed
   (``after`` below it → 410 ``events_expired``).
 - ``webhook_endpoints`` and ``webhook_deliveries``: one delivery per (endpoint, event),
@@ -55,15 +56,19 @@ CREATE TABLE webhook_endpoints (
 
 CREATE TABLE events (
     id          bigserial PRIMARY KEY,
-    event_id    text NOT NULL UNIQUE
-                DEFAULT ('evt_' || replace(gen_random_uuid()::text, '-', '')),
+    -- the public id, made from the primary key: unique by construction, no index
+    event_id    text NOT NULL
+                GENERATED ALWAYS AS ('evt_' || lpad(to_hex(id), 16, '0')) STORED,
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     seq         bigint UNIQUE,
     type        text NOT NULL CHECK (type ~ '^[a-z_]+(\.[a-z_]+)?$'),
     data        jsonb NOT NULL,
     occurred_at timestamptz NOT NULL DEFAULT now(),
-    -- only a ping names its endpoint; pings are never numbered nor fanned out
-    endpoint_id text REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    -- only a ping names its endpoint; pings are never numbered nor fanned out. No
+    -- foreign key: its check would run for every event row written on the stock path
+    -- (NULL or not); a ping's delivery row holds the reference, and deleting an
+    -- endpoint deletes its pings.
+    endpoint_id text,
     CONSTRAINT events_ping_has_endpoint CHECK ((type = 'ping') = (endpoint_id IS NOT NULL)),
     CONSTRAINT events_ping_not_in_feed CHECK (type <> 'ping' OR seq IS NULL)
 );
@@ -81,14 +86,12 @@ CREATE FUNCTION stockguard_event_is_immutable() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.seq IS NULL AND NEW.seq IS NOT NULL
-       AND (NEW.id, NEW.event_id, NEW.txid, NEW.type, NEW.data, NEW.occurred_at,
-            NEW.endpoint_id)
+       AND (NEW.id, NEW.txid, NEW.type, NEW.data, NEW.occurred_at, NEW.endpoint_id)
            IS NOT DISTINCT FROM
-           (OLD.id, OLD.event_id, OLD.txid, OLD.type, OLD.data, OLD.occurred_at,
-            OLD.endpoint_id) THEN
+           (OLD.id, OLD.txid, OLD.type, OLD.data, OLD.occurred_at, OLD.endpoint_id) THEN
         RETURN NEW;
     END IF;
-    RAISE EXCEPTION 'event %: an event never changes; only its seq is set, once', OLD.event_id
+    RAISE EXCEPTION 'event %: an event never changes; only its seq is set, once', OLD.id
         USING ERRCODE = 'check_violation';
 END $$;
 
