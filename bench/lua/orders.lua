@@ -16,6 +16,8 @@ function init(args)
   sent = 0
   answered = 0
   statuses = {}
+  first_s = os.time()
+  last_s = first_s
   math.randomseed(tid * 7919 + 17)
 end
 
@@ -68,6 +70,7 @@ end
 function response(status, hdrs, body)
   if QUOTA > 0 and status == 404 then return end -- a filler
   answered = answered + 1
+  last_s = os.time()
   statuses[status] = (statuses[status] or 0) + 1
   if QUOTA > 0 and answered >= QUOTA then wrk.thread:stop() end
 end
@@ -75,7 +78,11 @@ end
 function done(summary, latency, requests)
   local agg = {}
   local total = 0
+  local first, last = nil, 0
   for _, t in ipairs(threads) do
+    local f, l = t:get("first_s"), t:get("last_s")
+    if first == nil or f < first then first = f end
+    if l > last then last = l end
     local s = t:get("statuses")
     for code, n in pairs(s) do
       agg[code] = (agg[code] or 0) + n
@@ -85,8 +92,8 @@ function done(summary, latency, requests)
   local parts = {}
   for code, n in pairs(agg) do parts[#parts + 1] = string.format('"%d":%d', code, n) end
   io.write(string.format(
-    'WRKJSON {"requests":%d,"answered":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"statuses":{%s}}\n',
-    summary.requests, total, summary.duration, summary.errors.connect, summary.errors.read,
+    'WRKJSON {"answering_s":%d,"requests":%d,"answered":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"statuses":{%s}}\n',
+    last - first, summary.requests, total, summary.duration, summary.errors.connect, summary.errors.read,
     summary.errors.write, summary.errors.status, summary.errors.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
     latency.mean, table.concat(parts, ",")))
