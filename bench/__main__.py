@@ -211,6 +211,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> tuple[dict[str, Any]
                     progress(f"--- {key}")
                     await _analyze(env)
                     results[key] = await fn(ctx)
+            await _analyze(env)  # the scenarios grew the tables since the last ANALYZE
             doc["checks"] = await _checks(env, cache, ctx)
         finally:
             await client.aclose()
