@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stockguard.api import responses as doc
-from stockguard.api.answers import answered
+from stockguard.api.answers import answered, json_bytes
 from stockguard.api.auth import api_key_of
+from stockguard.api.problems import PROBLEM, from_error
 from stockguard.api.schemas import (
     CODE_PATTERN,
     MAX_CODE,
@@ -43,12 +44,15 @@ from stockguard.domain.errors import (
     CacheUnavailable,
     Forbidden,
     NotFound,
+    StockguardError,
     Unauthorized,
     ValidationFailed,
 )
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
+from stockguard.service.batcher import PlacementBatcher
 from stockguard.service.catalogue import SkuView
+from stockguard.service.idempotency import Answer, current_claim
 from stockguard.service.reconcile import reconcile
 from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
 from stockguard.service.verify import verify
@@ -129,19 +133,19 @@ SkuParam = Annotated[str, Path(json_schema_extra=SKU_DOC)]
 CodeParam = Annotated[str, Path(json_schema_extra=CODE_DOC)]
 
 
-def _sku_path(sku: SkuParam) -> str:
+async def _sku_path(sku: SkuParam) -> str:
     return _path(sku, SKU_PATTERN, "sku")
 
 
-def _code_path(code: CodeParam) -> str:
+async def _code_path(code: CodeParam) -> str:
     return _path(code, CODE_PATTERN, "code")
 
 
-def _location_path(location: CodeParam) -> str:
+async def _location_path(location: CodeParam) -> str:
     return _path(location, CODE_PATTERN, "location")
 
 
-def _order_path(order_id: SkuParam) -> str:
+async def _order_path(order_id: SkuParam) -> str:
     return _path(order_id, ORDER_ID_PATTERN, "order_id")
 
 
@@ -153,7 +157,7 @@ LocationPath = Annotated[str, Depends(_location_path)]
 OrderPath = Annotated[str, Depends(_order_path)]
 
 
-def backends(request: Request) -> Backends:
+async def backends(request: Request) -> Backends:
     b: Backends = request.app.state.backends
     return b
 
@@ -406,7 +410,7 @@ async def get_availability(
         "cache_unavailable",
     ),
 )
-async def place_order(body: OrderIn, key: Service, b: B) -> Response:
+async def place_order(body: OrderIn, key: Service, b: B, http: Request) -> Response:
     request = orders.PlaceOrder(
         id=body.id or str(uuid.uuid4()),
         lines=tuple((ln.sku, ln.quantity) for ln in body.lines),
@@ -417,10 +421,32 @@ async def place_order(body: OrderIn, key: Service, b: B) -> Response:
         total_amount=body.total_amount,
         currency=body.currency.upper() if body.currency else None,
     )
-    return await answered(
-        lambda: orders.place_order(b, request, actor(key)),
-        lambda placed: (201 if placed.created else 200, order_json(placed.order)),
-    )
+    batcher: PlacementBatcher | None = http.app.state.batcher
+    if batcher is None:
+        return await answered(
+            lambda: orders.place_order(b, request, actor(key)),
+            lambda placed: (201 if placed.created else 200, order_json(placed.order)),
+        )
+    claim = current_claim()
+    if claim is not None:
+        claim.render = _placement_answer
+    outcome = await batcher.place(request, actor(key))
+    if claim is not None and claim.answer is not None:
+        answer = claim.answer  # the bytes stored with the batch's effect
+    elif isinstance(outcome, StockguardError):
+        raise outcome
+    else:
+        answer = _placement_answer(outcome)
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+def _placement_answer(outcome: orders.Placed | StockguardError) -> Answer:
+    """A batched placement's answer: the order, or the problem of its refusal."""
+    if isinstance(outcome, StockguardError):
+        refused = from_error(outcome)
+        return Answer(refused.status_code, PROBLEM, bytes(refused.body))
+    body = json_bytes(order_json(outcome.order))
+    return Answer(201 if outcome.created else 200, "application/json", body)
 
 
 @router.get(
@@ -574,6 +600,7 @@ async def revoke_api_key(
     key: Admin,
     key_id: Annotated[str, Path(json_schema_extra={"pattern": f"^{_UUID.pattern}$"})],
     b: B,
+    http: Request,
 ) -> Response:
     if not _UUID.fullmatch(key_id):
         raise NotFound("no such api key")
@@ -583,6 +610,7 @@ async def revoke_api_key(
             raise NotFound("no such api key")
 
     await run(b, actor(key), revoke, operation="revoke_api_key")
+    http.app.state.known_keys.forget(key_id)  # this process at once, the others within 1 s
     return Response(status_code=204)
 
 
