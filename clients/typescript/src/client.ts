@@ -399,16 +399,24 @@ export class Stockguard {
    * and pass it as `after` next time: no event is skipped, none is seen twice. */
   async *events(options: EventsOptions = {}): AsyncGenerator<T.Event> {
     let after = options.after;
-    const request = options.signal ? { signal: options.signal } : {};
+    const signal = options.signal;
+    const request = signal ? { signal } : {};
     for (;;) {
-      const page = await this.eventsPage(
-        {
-          ...(after !== undefined ? { after } : {}),
-          ...(options.type !== undefined ? { type: options.type } : {}),
-          ...(options.limit !== undefined ? { limit: options.limit } : {}),
-        },
-        request,
-      );
+      if (signal?.aborted) return;
+      let page: T.EventPage;
+      try {
+        page = await this.eventsPage(
+          {
+            ...(after !== undefined ? { after } : {}),
+            ...(options.type !== undefined ? { type: options.type } : {}),
+            ...(options.limit !== undefined ? { limit: options.limit } : {}),
+          },
+          request,
+        );
+      } catch (err) {
+        if (signal?.aborted) return; // aborted while a page was on its way
+        throw err;
+      }
       for (const event of page.items) {
         yield event;
         if (typeof event.seq === "number") after = event.seq;

@@ -47,6 +47,9 @@ export class ValidationError extends StockguardError {
   }
 }
 
+/** 422 `unknown_sku`: the order names SKUs the catalogue does not have. */
+export class UnknownSkuError extends ValidationError {}
+
 /** 422 `idempotency_key_reused`: the key was used before for another request. */
 export class IdempotencyKeyReusedError extends StockguardError {}
 
@@ -72,6 +75,17 @@ export class InvalidTransitionError extends ConflictError {
   }
 }
 
+/** 409 `order_not_deletable`: shipped and delivered orders stay. */
+export class OrderNotDeletableError extends ConflictError {}
+/** 409 `insufficient_stock`: the adjustment or transfer would take reserved, unavailable or missing units. */
+export class InsufficientStockError extends ConflictError {}
+/** 409 `stale_quantity`: `expected_on_hand` no longer holds (compare-and-set). */
+export class StaleQuantityError extends ConflictError {}
+/** 409 `receipt_exceeds_in_transit`. */
+export class ReceiptExceedsInTransitError extends ConflictError {}
+/** 409 `reservation_expired`: the hold ran out; place the order again. */
+export class ReservationExpiredError extends ConflictError {}
+
 /** 409 `batch_rejected`: an all-or-nothing batch had failing items; nothing was applied. */
 export class BatchRejectedError extends ConflictError {
   /** `[{index, problem}]` of every failed item. */
@@ -93,6 +107,10 @@ export class ReturnExceedsFulfilledError extends ConflictError {
 
 /** 503 `busy` or `cache_unavailable` that was still refused after the client's retries. */
 export class UnavailableError extends StockguardError {}
+/** 503 `busy`: rows locked too long, or the database connection was lost. */
+export class BusyError extends UnavailableError {}
+/** 503 `cache_unavailable`: Redis failed in strict cache mode; nothing changed. */
+export class CacheUnavailableError extends UnavailableError {}
 
 /** The service could not be reached, or did not answer in time, after the client's retries.
  * The outcome of a POST is then unknown: send it again with the same `idempotencyKey`. */
@@ -113,16 +131,22 @@ const BY_CODE: { [code: string]: typeof StockguardError } = {
   forbidden: ForbiddenError,
   not_found: NotFoundError,
   validation_error: ValidationError,
+  unknown_sku: UnknownSkuError,
   idempotency_key_reused: IdempotencyKeyReusedError,
   out_of_stock: OutOfStockError,
   invalid_transition: InvalidTransitionError,
   batch_rejected: BatchRejectedError,
   return_exceeds_fulfilled: ReturnExceedsFulfilledError,
+  order_not_deletable: OrderNotDeletableError,
+  insufficient_stock: InsufficientStockError,
+  stale_quantity: StaleQuantityError,
+  receipt_exceeds_in_transit: ReceiptExceedsInTransitError,
+  reservation_expired: ReservationExpiredError,
   invalid_signature: InvalidSignatureError,
   events_expired: EventsExpiredError,
   payload_too_large: PayloadTooLargeError,
-  busy: UnavailableError,
-  cache_unavailable: UnavailableError,
+  busy: BusyError,
+  cache_unavailable: CacheUnavailableError,
 };
 
 const BY_STATUS: { [status: number]: typeof StockguardError } = {

@@ -127,3 +127,12 @@ export class FaultProxy {
 export async function proxy(): Promise<FaultProxy> {
   return new FaultProxy(serverUrl).start();
 }
+
+/** The URL of a port nothing listens on. */
+export async function freePortUrl(): Promise<string> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise((r) => server.close(r));
+  return `http://127.0.0.1:${port}`;
+}

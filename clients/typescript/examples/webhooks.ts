@@ -1,0 +1,31 @@
+// Receiving stockguard's webhooks: check the signature with the endpoint's secret, apply
+// the event, answer 2xx quickly. Anything else is sent again later.
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { verifyWebhook, WebhookVerificationError, type WebhookHeaders } from "@stockguard/client";
+import type { Storefront } from "./events.js";
+
+/** Your webhook route's handler: the raw body (not parsed JSON), the request headers and
+ * the `whsec_…` secret shown when the endpoint was created. Returns the HTTP status to answer. */
+export function receive(body: string | Uint8Array, headers: WebhookHeaders, secret: string, store: Storefront): number {
+  let event;
+  try {
+    event = verifyWebhook(body, headers, secret);
+  } catch (err) {
+    if (err instanceof WebhookVerificationError) return 400; // not from stockguard, altered, or too old
+    throw err;
+  }
+  store.apply(event); // the same event may arrive twice: apply() skips a repeat
+  return 204;
+}
+
+/** The same as a plain node:http listener: `http.createServer(listener(secret, store))`.
+ * (In a Next.js route handler: `receive(await request.text(), request.headers, …)`.) */
+export function listener(secret: string, store: Storefront) {
+  return (req: IncomingMessage, res: ServerResponse): void => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      res.writeHead(receive(Buffer.concat(chunks), req.headers, secret, store)).end();
+    });
+  };
+}
