@@ -125,10 +125,12 @@ test("a real delivery from the server verifies with the endpoint's secret", asyn
     assert.match(endpoint.secret, /^whsec_/);
     const { sku } = await stocked(1);
     const id = unique("hook");
-    const waiting = new Promise<void>((r) => (arrived = r));
+    // Other tests place orders at the same time: wait for the delivery of ours.
+    const ours = (): Received | undefined => deliveries.find((d) => d.body.includes(`"${id}"`));
+    const waiting = new Promise<void>((r) => (arrived = () => ours() && r()));
     await service().placeOrder({ id, lines: [{ sku, quantity: 1 }] });
     await Promise.race([waiting, new Promise((_, no) => setTimeout(() => no(new Error("no delivery in 20 s")), 20_000))]);
-    const delivery = deliveries[0] as Received;
+    const delivery = ours() as Received;
     const event = verifyWebhook(delivery.body, delivery.headers, endpoint.secret);
     assert.equal(event.type, "order.placed");
     assert.equal((event.data as { order: { id: string } }).order.id, id);
