@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -23,6 +24,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".stockguard-installed"
 COVERAGE_FAIL_UNDER = "95"
+TS_CLIENT = ROOT / "clients" / "typescript"
 
 
 def _run(*args: str | Path) -> None:
@@ -66,6 +68,39 @@ def test(args: list[str]) -> None:
     )  # fmt: skip
     # The benchmark runs only as a small smoke run here: it must work, its figures don't count.
     _run(PYTHON, "-m", "bench", "--smoke")
+    typescript_client()
+
+
+def typescript_client() -> None:
+    """Build and test clients/typescript: `npm ci` when its lock file changed, `tsc`, the
+    check that its generated types match the served OpenAPI document, and its tests
+    against a real stockguard server (started by the tests). Needs Node.js 20+ and npm."""
+    if not (TS_CLIENT / "package.json").exists():
+        return
+    node, npm = shutil.which("node"), shutil.which("npm")
+    version = (
+        subprocess.run([node, "--version"], capture_output=True, text=True).stdout if node else ""
+    )
+    parts = version.strip().lstrip("v").split(".")
+    if npm is None or not all(p.isdigit() for p in parts[:2]) or [*map(int, parts[:2])] < [20, 3]:
+        print(
+            "dev.py: the TypeScript client (clients/typescript) needs Node.js 20.3 or newer and "
+            f"npm, found node {version.strip() or 'none'} and npm {npm or 'none'}: install them "
+            "(Debian: apt-get install nodejs npm) or see https://nodejs.org",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    lock = TS_CLIENT / "package-lock.json"
+    stamp = TS_CLIENT / "node_modules" / ".stockguard-installed"
+    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        _run(npm, "ci", "--prefix", TS_CLIENT, "--no-audit", "--no-fund")
+        stamp.write_text(wanted)
+    os.environ["STOCKGUARD_PYTHON"] = str(PYTHON)  # the tests' server and the OpenAPI dump
+    _run(npm, "run", "--prefix", TS_CLIENT, "build")
+    _run(npm, "run", "--prefix", TS_CLIENT, "check-generated")
+    _run(npm, "test", "--prefix", TS_CLIENT)
 
 
 def main(argv: list[str]) -> None:
