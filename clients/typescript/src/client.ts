@@ -1,6 +1,6 @@
 // A small fetch-based client for the stockguard HTTP API (Node 20+, no dependencies).
 import { randomUUID } from "node:crypto";
-import { StockguardConnectionError, StockguardError, errorFor } from "./errors.js";
+import { StockguardConnectionError, errorFor } from "./errors.js";
 import type * as T from "./types.js";
 
 export interface ClientOptions {
@@ -537,5 +537,3 @@ export class Stockguard {
     return this.#body("GET", "/v1/admin/explain", { ...options, query: params });
   }
 }
-
-export { StockguardError };
