@@ -8,9 +8,9 @@ export interface ClientOptions {
   baseUrl: string;
   /** An API key (`Authorization: Bearer …`); the operations routes need none. */
   apiKey?: string;
-  /** Retries after the first attempt (503 `busy`/`cache_unavailable`, network errors); default 4. */
+  /** Retries after the first attempt (503 `busy`/`cache_unavailable`, network errors); default 3. */
   retries?: number;
-  /** First backoff delay in ms, doubled on each retry (with jitter); default 200. */
+  /** First backoff delay in ms, doubled on each retry (with jitter); default 250. */
   backoffMs?: number;
   /** Largest delay between two attempts in ms, also caps `Retry-After`; default 10000. */
   maxDelayMs?: number;
@@ -118,8 +118,8 @@ export class Stockguard {
   constructor(options: ClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
     this.#apiKey = options.apiKey;
-    this.#retries = options.retries ?? 4;
-    this.#backoffMs = options.backoffMs ?? 200;
+    this.#retries = options.retries ?? 3;
+    this.#backoffMs = options.backoffMs ?? 250;
     this.#maxDelayMs = options.maxDelayMs ?? 10_000;
     this.#timeoutMs = options.timeoutMs ?? 30_000;
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
