@@ -135,3 +135,18 @@ test("an abort signal stops the waits between retries", async () => {
     await p.close();
   }
 });
+
+test("Retry-After is capped by maxDelayMs; an HTTP date is read too", async () => {
+  const p = await proxy();
+  try {
+    const { sku } = await stocked(1);
+    p.faults.push({ kind: "busy", retryAfter: "120" }, { kind: "busy", retryAfter: new Date(Date.now() + 60_000).toUTCString() });
+    const started = Date.now();
+    const answer = await p.client({ maxDelayMs: 300 }).send("GET", `/v1/skus/${sku}`);
+    const elapsed = Date.now() - started;
+    assert.equal(answer.attempts, 3);
+    assert.ok(elapsed >= 550 && elapsed < 5000, `waited ${elapsed} ms`);
+  } finally {
+    await p.close();
+  }
+});
