@@ -89,3 +89,64 @@ def test_tail_below_the_retention_horizon_says_so(cli: CliRunner, servers: Serve
             await b.pool.execute("UPDATE event_counter SET pruned_through = $1", old)
 
         with_backends(servers, restore)
+
+
+def test_tail_follows_new_events_until_interrupted(
+    servers: Servers, migrated: str, uid: str
+) -> None:
+    """Following: a change made after tail started comes out as a line; Ctrl-C stops it
+    cleanly (exit 0)."""
+    import asyncio
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    env = {
+        **os.environ,
+        "STOCKGUARD_DATABASE_URL": servers.database_url,
+        "STOCKGUARD_REDIS_URL": servers.redis_url,
+        "STOCKGUARD_REDIS_PREFIX": servers.redis_prefix,
+    }
+    sku, loc = f"CF{uid}", f"w{uid}"
+    args = ["events", "tail", "--type", "stock.changed", "--interval", "0.05"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stockguard", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    stop = threading.Event()
+
+    async def make(b: Backends) -> None:
+        await catalogue.put_location(b, loc, loc, 1, True, "t")
+        await catalogue.put_sku(b, sku, sku)
+        # Changes keep coming until tail has surely started (it begins "from now").
+        while not stop.is_set():
+            await catalogue.adjust_stock(
+                b, catalogue.Adjustment(sku, loc, "received", delta=1), "t"
+            )
+            await asyncio.sleep(0.2)
+
+    changer = threading.Thread(target=with_backends, args=(servers, make))
+    changer.start()
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "tail printed nothing in 60 s"
+        event = json.loads(proc.stdout.readline())
+        assert event["type"] == "stock.changed"
+        assert event["data"]["sku"] == sku
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stop.set()
+        changer.join()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
