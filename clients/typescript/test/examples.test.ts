@@ -156,6 +156,7 @@ test("webhooks example as a node:http listener receives the server's real delive
       if (err instanceof NotFoundError) return t.skip("this server has no /v1/admin/webhook-endpoints yet");
       throw err;
     }
+    assert.ok(endpoint.secret, "the secret is shown when the endpoint is created");
     secret = endpoint.secret;
     const { sku } = await stocked(1);
     const order = await sg.placeOrder({ id: unique("wh"), lines: [{ sku, quantity: 1 }] });
