@@ -85,7 +85,7 @@ export type WebhookEndpoint = Named<
   "WebhookEndpoint",
   JsonObject & { id: string; url: string; events: string[]; active: boolean }
 >;
-export type WebhookEndpointCreated = Named<"WebhookEndpointCreated", WebhookEndpoint & { secret: string }>;
+export type WebhookEndpointCreated = Named<"WebhookEndpointCreated", WebhookEndpoint & { secret: string | null }>;
 export type WebhookDelivery = Named<
   "WebhookDelivery",
   JsonObject & { event_id: string; status: string; attempts: number }
