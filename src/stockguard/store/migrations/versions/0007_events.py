@@ -56,8 +56,9 @@ CREATE TABLE webhook_endpoints (
 
 CREATE TABLE events (
     id          bigserial PRIMARY KEY,
+    -- the public id: from the row's own id, so its unique index grows at one end
     event_id    text NOT NULL UNIQUE
-                DEFAULT ('evt_' || replace(gen_random_uuid()::text, '-', '')),
+                GENERATED ALWAYS AS ('evt_' || lpad(to_hex(id), 16, '0')) STORED,
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     seq         bigint UNIQUE,
     type        text NOT NULL CHECK (type ~ '^[a-z_]+(\.[a-z_]+)?$'),
@@ -82,14 +83,12 @@ CREATE FUNCTION stockguard_event_is_immutable() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.seq IS NULL AND NEW.seq IS NOT NULL
-       AND (NEW.id, NEW.event_id, NEW.txid, NEW.type, NEW.data, NEW.occurred_at,
-            NEW.endpoint_id)
+       AND (NEW.id, NEW.txid, NEW.type, NEW.data, NEW.occurred_at, NEW.endpoint_id)
            IS NOT DISTINCT FROM
-           (OLD.id, OLD.event_id, OLD.txid, OLD.type, OLD.data, OLD.occurred_at,
-            OLD.endpoint_id) THEN
+           (OLD.id, OLD.txid, OLD.type, OLD.data, OLD.occurred_at, OLD.endpoint_id) THEN
         RETURN NEW;
     END IF;
-    RAISE EXCEPTION 'event %: an event never changes; only its seq is set, once', OLD.event_id
+    RAISE EXCEPTION 'event %: an event never changes; only its seq is set, once', OLD.id
         USING ERRCODE = 'check_violation';
 END $$;
 
