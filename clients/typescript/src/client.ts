@@ -129,10 +129,11 @@ export class Stockguard {
 
   /** One call, with the client's retries; throws StockguardError for any non-2xx answer. */
   async send<B = unknown>(
-    method: string,
+    verb: string,
     path: string,
     options: SendOptions = {},
   ): Promise<StockguardResponse<B>> {
+    const method = verb.toUpperCase();
     const url = new URL(this.baseUrl + path);
     for (const [name, value] of Object.entries(options.query ?? {})) {
       if (value === undefined || value === null) continue;

@@ -160,9 +160,11 @@ describe("Idempotency-Key", () => {
       await sg.adjust(sku, { location, delta: 1, reason: "received" });
       await sg.getSku(sku);
       await sg.adjust(sku, { location, delta: 1, reason: "received" }, { idempotencyKey: "mine-" + sku });
+      await sg.send("post", `/v1/skus/${sku}/adjustments`, { body: { location, delta: 1, reason: "received" } });
       const keys = p.seen.map((s) => s.headers["idempotency-key"]);
-      assert.equal(keys.length, 4);
-      const [first, second, get, mine] = keys;
+      assert.equal(keys.length, 5);
+      const [first, second, get, mine, lower] = keys;
+      assert.match(String(lower), /^[0-9a-f-]{36}$/);
       assert.match(String(first), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
       assert.notEqual(first, second);
       assert.equal(get, undefined);
