@@ -41,10 +41,14 @@ async def log_actions(pool: asyncpg.Pool, order_id: str) -> list[str]:
 
 
 async def assert_invariants(pool: asyncpg.Pool) -> None:
-    """Every invariant check of ``stockguard verify`` holds over the whole database."""
+    """Every invariant check of ``stockguard verify`` holds over the whole database, with
+    every committed event numbered first (so each SKU's last ``stock.changed`` is checked
+    against its levels)."""
     from stockguard.service.verify import verify
 
     async with pool.acquire() as conn:
+        while await conn.fetchval("SELECT stockguard_sequence_events(100000)"):
+            pass
         found = await verify(conn)
     assert found == [], found
 
