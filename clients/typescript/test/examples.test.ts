@@ -141,7 +141,7 @@ test("webhooks example verifies and applies once, refuses a forgery", () => {
   assert.equal(webhooks.receive(forged, headers, secret, store), 400);
 });
 
-test("webhooks example as a node:http listener receives the server's real deliveries", async (t) => {
+test("webhooks example: subscribe, then the node:http listener applies the server's real deliveries", async (t) => {
   const store = new events.Storefront();
   let secret = `whsec_${randomBytes(32).toString("base64")}`;
   const receiver = createServer((req, res) => webhooks.listener(secret, store)(req, res));
@@ -149,15 +149,15 @@ test("webhooks example as a node:http listener receives the server's real delive
   try {
     const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/stockguard`;
     const sg = admin();
-    let endpoint;
+    let endpointId;
     try {
-      endpoint = await sg.createWebhookEndpoint({ url, events: ["order.*"] });
+      [endpointId, secret] = await webhooks.subscribe(sg, url);
     } catch (err) {
       if (err instanceof NotFoundError) return t.skip("this server has no /v1/admin/webhook-endpoints yet");
       throw err;
     }
-    assert.ok(endpoint.secret, "the secret is shown when the endpoint is created");
-    secret = endpoint.secret;
+    assert.match(secret, /^whsec_/);
+    assert.deepEqual((await sg.getWebhookEndpoint(endpointId)).events, ["order.*", "stock.*"]);
     const { sku } = await stocked(1);
     const order = await sg.placeOrder({ id: unique("wh"), lines: [{ sku, quantity: 1 }] });
     await sg.payOrder(order.id, { provider: "manual", payment_id: unique("wh") });
@@ -166,7 +166,8 @@ test("webhooks example as a node:http listener receives the server's real delive
       assert.ok(Date.now() < deadline, "order.paid was not delivered");
       await sleep(50);
     }
-    await sg.deleteWebhookEndpoint(endpoint.id);
+    assert.equal(store.available.get(sku), 0); // stock.changed came too
+    await sg.deleteWebhookEndpoint(endpointId);
   } finally {
     receiver.closeAllConnections();
     await new Promise((r) => receiver.close(r));
