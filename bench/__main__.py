@@ -51,7 +51,7 @@ from bench.env import (
     run_guarded,
     wait_for_headroom,
 )
-from bench.outbox import outbox_cost
+from bench.outbox import outbox_cost, webhook_delivery
 from bench.pgbench import pgbench_hot_row
 from bench.scenarios import (
     Config,
@@ -83,6 +83,7 @@ SCENARIOS = (
     "cache_parity_cost",
     "batched",
     "outbox",
+    "delivery",
     "trace",
     "reserve_http",
     "pgbench",
@@ -195,6 +196,7 @@ async def run(args: argparse.Namespace, event_loop: str) -> tuple[dict[str, Any]
                 ("cache_parity_cost", "cache_parity_cost", cache_parity_cost),
                 ("batched", "batched_reservations", batched_reservations),
                 ("outbox", "outbox_cost", outbox_cost),
+                ("delivery", "webhook_delivery", webhook_delivery),
                 ("trace", "trace_concurrency_1", _trace),
                 ("reserve_http", "reserve_http", reserve_http),
                 ("pgbench", "pgbench_hot_row", _pgbench),

@@ -16,7 +16,7 @@ from bench.scenarios import Ctx, _batch_op, _place_op, _show
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.events import sequence_events
 
-__all__ = ["outbox_cost"]
+__all__ = ["outbox_cost", "webhook_delivery"]
 
 ROUNDS = 2  # on, off, on, off: drift on the machine hits both alike
 
@@ -98,3 +98,12 @@ async def _announce(ctx: Ctx) -> None:
                 await uow.levels.touch_all_at(chunk)
 
             await run(backends, "bench", touch, operation="bench_announce")
+
+
+async def webhook_delivery(ctx: Ctx) -> dict[str, Any]:
+    """Events per second delivered to one endpoint on a loopback receiver
+    (:func:`bench.delivery.delivery_rate`)."""
+    from bench.delivery import delivery_rate
+
+    async with ctx.service(4) as backends:
+        return await delivery_rate(backends, 100 if ctx.cfg.smoke else 2000)

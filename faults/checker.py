@@ -446,12 +446,14 @@ def _check_returns(db: Snapshot, history: History) -> list[dict[str, Any]]:
     ops = {o.detail["return_id"]: o for o in history.of("return")}
     stored = {r["return_id"]: r for r in db.get("returns", [])}
     lines: dict[str, Counter[tuple[str, str, int, int]]] = defaultdict(Counter)
-    asked: dict[str, Counter[tuple[str, int, str]]] = defaultdict(Counter)
+    # Units per (sku, disposition): a line is stored once per location it went back to
+    # (its units' fulfilment locations), so one asked line may be stored as several.
+    asked: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
     per_order: dict[tuple[str, str], int] = defaultdict(int)
     for r in db.get("return_lines", []):
         damaged = r["quantity"] if r["disposition"] == "damaged" else 0
         lines[r["return_id"]][(r["sku"], r["location"], r["quantity"], damaged)] += 1
-        asked[r["return_id"]][(r["sku"], r["quantity"], r["disposition"])] += 1
+        asked[r["return_id"]][(r["sku"], r["disposition"])] += r["quantity"]
         per_order[(r["order_id"], r["sku"])] += r["quantity"]
     ledger: dict[str, Counter[tuple[str, str, int, int]]] = defaultdict(Counter)
     for m in db["movements"]:
@@ -475,11 +477,13 @@ def _check_returns(db: Snapshot, history: History) -> list[dict[str, Any]]:
         if op.outcome == REFUSED:
             out.append(_violation("refused_return_applied", op=op.id, return_id=rid,
                                   code=op.code))  # fmt: skip
-        want = Counter((ln["sku"], ln["quantity"], ln["disposition"]) for ln in op.detail["lines"])
+        want: Counter[tuple[str, str]] = Counter()
+        for ln in op.detail["lines"]:
+            want[(ln["sku"], ln["disposition"])] += ln["quantity"]
         if asked[rid] != want:
             out.append(_violation("return_differs", op=op.id, return_id=rid,
-                                  asked=sorted(want.elements()),
-                                  stored=sorted(asked[rid].elements())))  # fmt: skip
+                                  asked=sorted(want.items()),
+                                  stored=sorted(asked[rid].items())))  # fmt: skip
     for op in history.of("return", OK):
         if op.detail["return_id"] not in stored:
             out.append(_violation("acknowledged_return_missing", op=op.id, order=op.target,

@@ -34,7 +34,7 @@ from stockguard.store import keys
 from stockguard.store.db import connect_pool
 from stockguard.store.migrate import upgrade_async
 
-pytest_plugins = ["tests.redis_faults"]
+pytest_plugins = ["tests.redis_faults", "tests.webhook_receiver"]
 
 RUN_ID = secrets.token_hex(4)
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from stockguard.cli_events import events_app
 from stockguard.cli_transfers import transfers_app
+from stockguard.cli_webhooks import webhooks_app
 from stockguard.config import Settings
 from stockguard.domain.errors import StockguardError
 from stockguard.logging import configure_logging, get_logger
@@ -60,6 +61,7 @@ stock_app = typer.Typer(
 app.add_typer(stock_app, name="stock")
 app.add_typer(transfers_app, name="transfers")
 app.add_typer(events_app, name="events")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def _settings() -> Settings:
@@ -173,7 +175,8 @@ def migrate() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run only the worker loops (expiry, cache reconciler, housekeeping) until stopped."""
+    """Run only the worker loops (expiry, recovery, cache reconciler, housekeeping, event
+    sequencer, webhook delivery) until stopped."""
     from stockguard.workers.loops import start_workers, stop_workers
 
     settings = _settings()

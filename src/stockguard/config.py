@@ -5,8 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stockguard.domain.delivery import parse_schedule
 
 __all__ = ["CacheMode", "Settings"]
 
@@ -50,3 +52,32 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = "INFO"
     log_json: bool = True
+    housekeeping_interval_seconds: float = Field(default=3600.0, gt=0)
+    # ---- outgoing events: sequencing, webhook delivery, retention
+    event_retention_days: int = Field(default=7, ge=1, le=3650)
+    event_sequence_interval_seconds: float = Field(default=0.1, gt=0)
+    webhook_allow_private_urls: bool = False
+    webhook_retry_schedule: str = "5,30,120,600,1800,3600,7200,14400,28800,43200"
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    webhook_poll_interval_seconds: float = Field(default=0.2, gt=0)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1000)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        # A lease that ran out during a slow attempt would let a second worker send again.
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds + 1:
+            raise ValueError(
+                "webhook_lease_seconds must exceed webhook_timeout_seconds by more than 1 s"
+            )
+        return self
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return parse_schedule(self.webhook_retry_schedule)

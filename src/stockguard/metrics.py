@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "AVAILABILITY_READS",
@@ -14,6 +14,8 @@ __all__ = [
     "OUT_OF_STOCK",
     "RECONCILER_REPAIRS",
     "RESTORED_UNITS",
+    "WEBHOOK_DELIVERIES",
+    "WEBHOOK_OLDEST_UNDELIVERED",
     "WORKER_RUNS",
 ]
 
@@ -42,4 +44,17 @@ EVENTS_WRITTEN = Counter(
 )
 EVENTS_SEQUENCED = Counter(
     "stockguard_events_sequenced_total", "Events numbered into the feed (commit order)"
+)
+
+# ---- webhook delivery (API.md "Outgoing events"; RUNBOOK "A failing webhook endpoint")
+WEBHOOK_DELIVERIES = Counter(
+    "stockguard_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), retry (failed, tried again "
+    "later), failed (failed and the retry schedule is spent)",
+    ["outcome"],
+)
+WEBHOOK_OLDEST_UNDELIVERED = Gauge(
+    "stockguard_webhook_oldest_undelivered_seconds",
+    "Age of the oldest event still pending for the endpoint (0 when none)",
+    ["endpoint"],
 )

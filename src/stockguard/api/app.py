@@ -10,7 +10,15 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from stockguard import __version__
-from stockguard.api import bulk, events, recovery, returns, transfers, webhooks
+from stockguard.api import (
+    bulk,
+    events,
+    recovery,
+    returns,
+    transfers,
+    webhook_endpoints,
+    webhooks,
+)
 from stockguard.api.auth import ADMIN, SERVICE, Authentication
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
@@ -67,6 +75,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.include_router(returns.router)
     app.include_router(transfers.router)
     app.include_router(events.router)
+    app.include_router(webhook_endpoints.router)
 
     def pool() -> asyncpg.Pool:
         b: Backends = app.state.backends

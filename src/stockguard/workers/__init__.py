@@ -1,2 +1,3 @@
-"""Background loops: reservation expiry, cache reconciliation, housekeeping. Any number
-of processes may run them at once (SKIP LOCKED and status guards keep them apart)."""
+"""Background loops: reservation expiry, cache reconciliation, housekeeping (idempotency
+keys, event retention), the event sequencer and webhook delivery. Any number of processes
+may run them at once (SKIP LOCKED, leases and status guards keep them apart)."""

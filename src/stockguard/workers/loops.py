@@ -8,13 +8,25 @@ from collections.abc import Awaitable, Callable
 
 from stockguard.config import Settings
 from stockguard.logging import get_logger
-from stockguard.metrics import WORKER_RUNS
+from stockguard.metrics import EVENTS_SEQUENCED, WORKER_RUNS
 from stockguard.service.expiry import abandon_stale, expire_all_due
 from stockguard.service.reconcile import reconcile, repair_dirty
 from stockguard.service.recovery import recover_paid_uncommitted
 from stockguard.service.uow import Backends
+from stockguard.store.events import sequence_events
+from stockguard.store.retention import prune_events
+from stockguard.workers.delivery import Deliverer
 
-__all__ = ["purge_idempotency_keys", "start_workers", "stop_workers"]
+__all__ = [
+    "prune_old_events",
+    "purge_idempotency_keys",
+    "sequence_all",
+    "start_workers",
+    "stop_workers",
+]
+
+SEQUENCE_BATCH = 500
+PRUNE_BATCH = 1000
 
 log = get_logger(__name__)
 
@@ -39,6 +51,37 @@ async def purge_idempotency_keys(backends: Backends, ttl_seconds: int) -> None:
     )
 
 
+async def sequence_all(backends: Backends, wake: asyncio.Event | None = None) -> int:
+    """Number every event that can be numbered now, a batch at a time; wakes the
+    delivery loop when it numbered any (their deliveries were queued with them)."""
+    total = 0
+    while True:
+        async with backends.pool.acquire() as conn:
+            numbered = await sequence_events(conn, SEQUENCE_BATCH)
+        total += numbered
+        EVENTS_SEQUENCED.inc(numbered)
+        if numbered < SEQUENCE_BATCH:
+            break
+    if total and wake is not None:
+        wake.set()
+    return total
+
+
+async def prune_old_events(backends: Backends, retention_days: float) -> int:
+    """Remove events past retention whose deliveries are done, batch by batch (each its
+    own short transaction); returns how many numbered events went."""
+    removed = 0
+    while True:
+        async with backends.pool.acquire() as conn:
+            events, pings = await prune_events(conn, retention_days * 86_400, PRUNE_BATCH)
+        removed += events
+        if events < PRUNE_BATCH and pings < PRUNE_BATCH:
+            break
+    if removed:
+        log.info("events_pruned", count=removed)
+    return removed
+
+
 def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[None]]:
     async def expiry() -> None:
         await expire_all_due(backends)
@@ -56,18 +99,29 @@ def start_workers(backends: Backends, settings: Settings) -> list[asyncio.Task[N
 
     async def housekeeping() -> None:
         await purge_idempotency_keys(backends, settings.idempotency_ttl_seconds)
+        await prune_old_events(backends, settings.event_retention_days)
+
+    wake = asyncio.Event()  # the sequencer numbered events: deliver without waiting a poll
+
+    async def sequencer() -> None:
+        await sequence_all(backends, wake)
 
     async def recovery() -> None:
         await recover_paid_uncommitted(backends)
 
-    loops = [
-        _every("expiry", settings.expiry_interval_seconds, expiry),
-        _every("recovery", settings.recovery_interval_seconds, recovery),
-        _every("housekeeping", 3600, housekeeping),
-    ]
+    loops = {
+        "expiry": _every("expiry", settings.expiry_interval_seconds, expiry),
+        "recovery": _every("recovery", settings.recovery_interval_seconds, recovery),
+        "housekeeping": _every(
+            "housekeeping", settings.housekeeping_interval_seconds, housekeeping
+        ),
+        "sequencer": _every("sequencer", settings.event_sequence_interval_seconds, sequencer),
+        "delivery": Deliverer(backends, settings, wake).run(),
+    }
     if backends.cache is not None:
-        loops.append(_every("reconciler", settings.reconcile_interval_seconds, cache))
-    return [asyncio.create_task(loop) for loop in loops]
+        loops["reconciler"] = _every("reconciler", settings.reconcile_interval_seconds, cache)
+    # Named, so a loop that does not stop in time is named in the log.
+    return [asyncio.create_task(loop, name=f"worker:{name}") for name, loop in loops.items()]
 
 
 async def stop_workers(tasks: list[asyncio.Task[None]], grace: float = 10.0) -> None:

@@ -56,16 +56,19 @@ CREATE TABLE webhook_endpoints (
 
 CREATE TABLE events (
     id          bigserial PRIMARY KEY,
-    -- the public id: from the row's own id, so its unique index grows at one end
-    event_id    text NOT NULL UNIQUE
+    -- the public id, made from the primary key: unique by construction, no index
+    event_id    text NOT NULL
                 GENERATED ALWAYS AS ('evt_' || lpad(to_hex(id), 16, '0')) STORED,
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     seq         bigint UNIQUE,
     type        text NOT NULL CHECK (type ~ '^[a-z_]+(\.[a-z_]+)?$'),
     data        jsonb NOT NULL,
     occurred_at timestamptz NOT NULL DEFAULT now(),
-    -- only a ping names its endpoint; pings are never numbered nor fanned out
-    endpoint_id text REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    -- only a ping names its endpoint; pings are never numbered nor fanned out. No
+    -- foreign key: its check would run for every event row written on the stock path
+    -- (NULL or not); a ping's delivery row holds the reference, and deleting an
+    -- endpoint deletes its pings.
+    endpoint_id text,
     CONSTRAINT events_ping_has_endpoint CHECK ((type = 'ping') = (endpoint_id IS NOT NULL)),
     CONSTRAINT events_ping_not_in_feed CHECK (type <> 'ping' OR seq IS NULL)
 );
