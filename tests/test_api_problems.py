@@ -70,12 +70,12 @@ async def test_out_of_stock_lists_every_short_line_and_reserves_nothing(
     assert_problem(await client.get(f"/v1/orders/o{uid}"), 404, "not_found")
 
 
-async def test_out_of_stock_for_a_sku_that_does_not_exist(
+async def test_a_sku_that_does_not_exist_is_named_not_out_of_stock(
     client: httpx.AsyncClient, backends: Backends, uid: str
 ) -> None:
     r = await client.post("/v1/orders", json=order_body(f"o{uid}", (f"GHOST{uid}", 1)))
-    body = assert_problem(r, 409, "out_of_stock")
-    assert body["shortages"] == [{"sku": f"GHOST{uid}", "requested": 1, "available": 0}]
+    body = assert_problem(r, 422, "unknown_sku")
+    assert body["skus"] == [f"GHOST{uid}"]
     assert await order_count(backends.pool, f"GHOST{uid}") == 0
 
 

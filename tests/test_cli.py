@@ -372,6 +372,42 @@ def test_verify_notices_when_the_audit_trail_could_be_edited(scratch_shop: str) 
     }
 
 
+# ---------------------------------------------------------------- orders recover
+
+
+@pytest.mark.parametrize(
+    ("order_id", "why"),
+    [
+        ("o-pending", "it is pending: not paid yet"),
+        ("o-cancelled", "it is cancelled: its stock was released"),
+    ],
+)
+def test_orders_recover_on_an_unpaid_order_says_why_and_writes_nothing(
+    scratch_shop: str, order_id: str, why: str
+) -> None:
+    """Nothing to recover: the command says why (exit 1), and neither the order's audit
+    trail nor its stock changes."""
+
+    async def trail(conn: asyncpg.Connection) -> tuple[list[str], list[tuple[str, int]]]:
+        logs = await conn.fetch(
+            "SELECT action FROM order_inventory_logs WHERE order_id = $1 ORDER BY id", order_id
+        )
+        held = await conn.fetch(
+            "SELECT status, quantity FROM reservations WHERE order_id = $1 ORDER BY id", order_id
+        )
+        return [r["action"] for r in logs], [(r["status"], r["quantity"]) for r in held]
+
+    before = on_db(scratch_shop, trail)
+    result = cli("orders", "recover", order_id)
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert f"invalid_transition: nothing to recover for order {order_id}: {why}" in message
+    assert "nothing was changed or logged" in message
+    assert result.stdout == ""
+    assert on_db(scratch_shop, trail) == before
+    assert "RECOVERY_ATTEMPT" not in before[0]
+
+
 # ---------------------------------------------------------------- reconcile
 
 

@@ -267,6 +267,25 @@ def test_checker_is_silent_when_history_and_database_agree() -> None:
     assert check_history(db, history, INITIAL) == []
 
 
+def test_a_return_line_stored_in_parts_is_what_was_asked() -> None:
+    """The service may store one asked line as several (one per location the units were
+    fulfilled from): the units per SKU and disposition are what was asked."""
+    db, history = _world()
+    db["return_lines"][1]["disposition"] = "restock"  # r-1: 2 restocked units, in two lines
+    damaged = next(m for m in db["movements"] if m["reason"] == "returned_damaged")
+    damaged.update(reason="returned", unavailable_delta=0)
+    _level_from_ledger(db)
+    db["levels"][0]["safety_stock"] = 2
+    _op(history, "ret-1").detail["lines"] = [
+        {"sku": "FLT-A", "quantity": 2, "disposition": "restock"}
+    ]
+    assert check_history(db, history, INITIAL) == []
+    _op(history, "ret-1").detail["lines"] = [
+        {"sku": "FLT-A", "quantity": 2, "disposition": "damaged"}
+    ]
+    assert [v["check"] for v in check_history(db, history, INITIAL)] == ["return_differs"]
+
+
 def _op(history: History, op_id: str) -> Op:
     return next(o for o in history.ops if o.id == op_id)
 

@@ -242,19 +242,24 @@ async def test_recovery_of_committed_order_is_skipped(
     ]
 
 
-async def test_recovery_without_payment_proof_commits_nothing(
+async def test_recovery_of_an_unpaid_order_says_why_and_does_nothing(
     backends: Backends, stock: Stocker, uid: str
 ) -> None:
+    """A pending order has nothing to recover: the refusal says so, and neither its stock
+    nor its audit trail changes (no RECOVERY_ATTEMPT, no INCONSISTENCY_DETECTED)."""
     sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 1}})
     await orders.place_order(backends, PlaceOrder(oid, ((sku, 1),)), "t")
-    result = await recover_order(backends, oid, "admin")
-    assert result is not None
-    assert result.outcome == Outcome.INCONSISTENT
-    reason = await backends.pool.fetchval(
-        "SELECT error_reason FROM order_inventory_logs WHERE id = $1", result.log_id
+    logs_before = await log_actions(backends.pool, oid)
+    with pytest.raises(InvalidTransition) as refused:
+        await recover_order(backends, oid, "admin")
+    assert refused.value.extra == {"from": "pending", "to": "paid"}
+    assert refused.value.detail.startswith(
+        f"nothing to recover for order {oid}: it is pending: not paid yet"
     )
-    assert reason == "NOT_PAID"
+    assert "nothing was changed or logged" in refused.value.detail
+    assert await log_actions(backends.pool, oid) == logs_before == ["RESERVED"]
+    assert await level(backends.pool, sku, loc) == (1, 1)
     # Paid in status only, with no provider/payment id: PostgreSQL refuses the very state
     # (invariant 7 as a CHECK), so recovery can never be handed one.
     for status in ("paid", "needs_review", "processing"):
@@ -262,6 +267,24 @@ async def test_recovery_without_payment_proof_commits_nothing(
             await backends.pool.execute("UPDATE orders SET status = $2 WHERE id = $1", oid, status)
     got = await orders.get_order(backends, oid)
     assert _statuses(got) == ["reserved"]
+
+
+async def test_recovery_of_a_shipped_order_says_it_was_fulfilled(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    sku, loc, oid = f"S{uid}", f"w{uid}", f"o{uid}"
+    await stock({sku: {loc: 2}})
+    await orders.place_order(backends, PlaceOrder(oid, ((sku, 2),)), "t")
+    await orders.pay_order(backends, oid, PaymentProof("manual", f"m{uid}"), "t")
+    await orders.set_status(backends, oid, OrderStatus.PROCESSING, "t")
+    await orders.set_status(backends, oid, OrderStatus.SHIPPED, "t")
+    logs_before = await log_actions(backends.pool, oid)
+    with pytest.raises(InvalidTransition) as refused:
+        await recover_order(backends, oid, "admin")
+    assert refused.value.extra == {"from": "shipped", "to": "paid"}
+    assert "it is shipped: its stock was already committed and fulfilled" in refused.value.detail
+    assert await log_actions(backends.pool, oid) == logs_before
+    assert await level(backends.pool, sku, loc) == (0, 0)
 
 
 async def test_failed_recovery_marks_needs_review_and_never_releases(

@@ -520,7 +520,9 @@ class Model:
         o = self.orders.get(oid)
         if o is None or o.deleted:
             return "!NotFound"
-        if o.status not in ("paid", "processing", "needs_review") or o.payment is None:
+        if o.status not in ("paid", "processing", "needs_review"):
+            return "!InvalidTransition"  # refused: nothing done, nothing logged
+        if o.payment is None:  # a CHECK makes every paid state carry proof
             return "inconsistent"
         missing = o.missing()
         if not missing and not any(r.status == "reserved" for r in o.res):

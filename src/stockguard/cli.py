@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
@@ -17,11 +18,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stockguard import __version__
+from stockguard.announce import Ready, announce_when_ready, ready_text, say
 from stockguard.cli_events import events_app
 from stockguard.cli_transfers import transfers_app
 from stockguard.cli_webhooks import webhooks_app
 from stockguard.config import Settings
 from stockguard.domain.errors import StockguardError
+from stockguard.embedded import postgres_initialised
 from stockguard.logging import configure_logging, get_logger
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
 from stockguard.service.uow import Backends
@@ -64,10 +68,34 @@ app.add_typer(events_app, name="events")
 app.add_typer(webhooks_app, name="webhooks")
 
 
-def _settings() -> Settings:
+def _settings(*, quiet: bool = True) -> Settings:
+    """The settings, with logging configured. ``quiet`` (operator commands): only warnings
+    and errors are logged unless ``STOCKGUARD_LOG_LEVEL`` is set; serve and worker log at
+    the configured level (INFO by default)."""
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    level = settings.log_level
+    if quiet and "log_level" not in settings.model_fields_set:
+        level = "WARNING"
+    configure_logging(level, settings.log_json)
     return settings
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"stockguard {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Options that come before the command."""
 
 
 @contextlib.contextmanager
@@ -81,9 +109,19 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _resolve(settings: Settings) -> Endpoints:
+def _resolve(settings: Settings, *, progress: bool = False) -> Endpoints:
     """``resolve_endpoints``, saying on stderr which data directory the embedded servers
-    use: it is relative to the current directory, and a new one means an empty database."""
+    use: it is relative to the current directory, and a new one means an empty database.
+    With ``progress``, also say what is being started before it starts."""
+    if progress and (settings.database_url is None or settings.redis_url is None):
+        kinds = " and ".join(
+            kind
+            for kind, url in (("PostgreSQL", settings.database_url), ("Redis", settings.redis_url))
+            if url is None
+        )
+        initdb = settings.database_url is None and not postgres_initialised(settings.data_dir)
+        first = " (first start: initialising its database)" if initdb else ""
+        say(f"starting the embedded {kinds} in {settings.data_dir.resolve()}{first}")
     endpoints = resolve_endpoints(settings)
     emb = endpoints.embedded
     if emb is not None:
@@ -99,8 +137,13 @@ def _resolve(settings: Settings) -> Endpoints:
     return endpoints
 
 
-def _with_backends(fn: Callable[[Backends], Awaitable[T]], *, migrate: bool = True) -> T:
-    settings = _settings()
+def _with_backends(
+    fn: Callable[[Backends], Awaitable[T]],
+    *,
+    migrate: bool = True,
+    settings: Settings | None = None,
+) -> T:
+    settings = settings or _settings()
     with _sigterm_as_ctrl_c():
         endpoints = _resolve(settings)
 
@@ -135,14 +178,18 @@ def serve(
     SIGTERM or Ctrl-C: finish the requests in flight, then stop."""
     import uvicorn
 
-    settings = _settings()
+    settings = _settings(quiet=False)
     with _sigterm_as_ctrl_c():
-        endpoints = _resolve(settings)
+        endpoints = _resolve(settings, progress=True)
         try:
+            say("applying the database migrations")
             upgrade(endpoints.database_url)
             _export(endpoints)
             os.environ["STOCKGUARD_RUN_WORKERS"] = "true" if run_workers else "false"
+            say(f"starting the HTTP server on {host}:{port}")
             log.info("serving", host=host, port=port, workers=workers)
+            ready = _ready(settings, endpoints, host, port, workers, run_workers)
+            announce_when_ready(host, port, ready_text(ready))
             # uvicorn catches SIGTERM itself, shuts down gracefully, then raises it again:
             # our handler turns that into KeyboardInterrupt, which uvicorn.run swallows.
             uvicorn.run(
@@ -158,6 +205,42 @@ def serve(
             )
         finally:
             endpoints.close()
+
+
+def _command() -> str:
+    """How the person who started this runs stockguard: the script beside this Python
+    (relative when under the current directory, as ``.venv/bin/stockguard``)."""
+    script = Path(sys.executable).parent / "stockguard"
+    if not script.exists():
+        return "stockguard"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def _ready(
+    settings: Settings,
+    endpoints: Endpoints,
+    host: str,
+    port: int,
+    workers: int,
+    run_workers: bool,
+) -> Ready:
+    emb = endpoints.embedded
+    return Ready(
+        host=host,
+        port=port,
+        workers=workers,
+        run_workers=run_workers,
+        database_url=endpoints.database_url,
+        redis_url=endpoints.redis_url,
+        data_dir=emb.data_dir if emb is not None else None,
+        embedded_postgres=emb is not None and emb.database_url is not None,
+        embedded_redis=emb is not None and emb.redis is not None,
+        bootstrap_key=settings.bootstrap_admin_key is not None,
+        command=_command(),
+        version=__version__,
+    )
 
 
 @app.command()
@@ -179,7 +262,7 @@ def worker() -> None:
     sequencer, webhook delivery) until stopped."""
     from stockguard.workers.loops import start_workers, stop_workers
 
-    settings = _settings()
+    settings = _settings(quiet=False)
 
     async def run(backends: Backends) -> None:
         tasks = start_workers(backends, settings)
@@ -191,7 +274,7 @@ def worker() -> None:
         await stop.wait()
         await stop_workers(tasks)
 
-    _with_backends(run)
+    _with_backends(run, settings=settings)
 
 
 class Role(StrEnum):

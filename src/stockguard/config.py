@@ -50,8 +50,12 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(default=30.0, gt=0)
     run_workers: bool = Field(default=True, description="run worker loops inside serve")
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: str = Field(
+        default="INFO", description="serve and worker; other commands log WARNING unless set"
+    )
+    log_json: bool | None = Field(
+        default=None, description="JSON log lines; unset: JSON unless stderr is a terminal"
+    )
     housekeeping_interval_seconds: float = Field(default=3600.0, gt=0)
     # ---- outgoing events: sequencing, webhook delivery, retention
     event_retention_days: int = Field(default=7, ge=1, le=3650)

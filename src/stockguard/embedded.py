@@ -38,6 +38,7 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedServers",
     "open_embedded",
+    "postgres_initialised",
     "redis_server_binary",
     "start_postgres",
     "start_redis",
@@ -151,6 +152,12 @@ class EmbeddedPostgres:
         if done.returncode != 0 and self.running():
             raise RuntimeError(f"embedded PostgreSQL did not stop: {done.stderr.decode()}")
         log.info("embedded_postgres_stopped", data=str(self.pgdata))
+
+
+def postgres_initialised(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds an initialised embedded PostgreSQL (else its first start
+    runs initdb)."""
+    return (data_dir / "pg" / "PG_VERSION").exists()
 
 
 def start_postgres(data_dir: Path, database: str = "stockguard") -> tuple[str, EmbeddedPostgres]:

@@ -1,4 +1,6 @@
-"""Structured logging (structlog, JSON lines on stderr)."""
+"""Structured logging on stderr (structlog): JSON lines for machines, or readable console
+lines for a person at a terminal (chosen by ``STOCKGUARD_LOG_JSON``, by default from
+whether stderr is a terminal)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "wants_json"]
 
 _SECRET_KEYS = frozenset({"authorization", "key", "api_key", "secret", "password", "database_url"})
 
@@ -31,9 +33,22 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def configure_logging(level: str = "INFO", json: bool = True) -> None:
+def _stderr_is_a_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(callable(isatty) and isatty())
+
+
+def wants_json(json: bool | None) -> bool:
+    """``json`` as configured; unset (None): JSON unless stderr is a terminal."""
+    return (not _stderr_is_a_terminal()) if json is None else json
+
+
+def configure_logging(level: str = "INFO", json: bool | None = True) -> None:
+    """Log at ``level`` and above; ``json=None`` chooses by :func:`wants_json`."""
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if wants_json(json)
+        else structlog.dev.ConsoleRenderer(colors=_stderr_is_a_terminal())
     )
     structlog.configure(
         processors=[

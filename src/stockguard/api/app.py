@@ -20,6 +20,7 @@ from stockguard.api import (
     webhooks,
 )
 from stockguard.api.auth import ADMIN, SERVICE, Authentication
+from stockguard.api.docs import install_docs
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.problems import install_handlers
@@ -62,6 +63,8 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         description="Inventory service: never oversell, never lose a unit, never restore "
         "a unit twice.",
         lifespan=lifespan,
+        docs_url=None,  # api/docs.py serves /docs and /redoc with the package's own assets
+        redoc_url=None,
     )
     if backends is not None:
         app.state.backends = backends
@@ -76,6 +79,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.include_router(transfers.router)
     app.include_router(events.router)
     app.include_router(webhook_endpoints.router)
+    install_docs(app)
 
     def pool() -> asyncpg.Pool:
         b: Backends = app.state.backends

@@ -6,6 +6,7 @@
     ├── NotFound                       not_found               404
     ├── ValidationFailed               validation_error        422
     ├── IdempotencyKeyReused           idempotency_key_reused  422
+    ├── UnknownSku                     unknown_sku             422
     ├── OutOfStock                     out_of_stock            409
     ├── InvalidTransition              invalid_transition      409
     ├── OrderNotDeletable              order_not_deletable     409
@@ -52,6 +53,7 @@ __all__ = [
     "StaleQuantity",
     "StockguardError",
     "Unauthorized",
+    "UnknownSku",
     "ValidationFailed",
     "problem_body",
 ]
@@ -86,6 +88,22 @@ class ValidationFailed(StockguardError):
 
 class IdempotencyKeyReused(StockguardError):
     code, status, title = "idempotency_key_reused", 422, "Idempotency key reused"
+
+
+class UnknownSku(StockguardError):
+    """An order names SKUs that were never created (``PUT /v1/skus/{sku}``); ``skus``
+    lists every one of them."""
+
+    code, status, title = "unknown_sku", 422, "Unknown SKU"
+
+    def __init__(self, skus: list[str]) -> None:
+        super().__init__(
+            f"unknown SKU{'s' if len(skus) > 1 else ''} {', '.join(skus)}: create "
+            f"{'them' if len(skus) > 1 else 'it'} with PUT /v1/skus/{{sku}} first; nothing "
+            "was reserved",
+            skus=skus,
+        )
+        self.skus = skus
 
 
 class InvalidTransition(StockguardError):

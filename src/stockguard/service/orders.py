@@ -29,6 +29,7 @@ from stockguard.domain.errors import (
     OutOfStock,
     PaymentReused,
     StockguardError,
+    UnknownSku,
     ValidationFailed,
 )
 from stockguard.domain.model import (
@@ -144,6 +145,31 @@ async def _channel_links(conn: Conn, channels: set[str]) -> dict[str, dict[str, 
         if r["location"] is not None:
             links[r["code"]][r["location"]] = r["priority"]
     return links
+
+
+async def _refuse_unknown_skus(
+    conn: Conn, decisions: list[_Decision], stocked: set[str]
+) -> list[_Decision]:
+    """Refuse (``unknown_sku``) the orders naming a SKU that does not exist; return the
+    others. Only SKUs without any level are looked up: on the hot path there are none."""
+    unstocked = sorted({sku for d in decisions for sku, _ in d.req.lines} - stocked)
+    if not unstocked:
+        return decisions
+    unknown = set(
+        await conn.fetchval(
+            "SELECT coalesce(array_agg(s.code), '{}') FROM unnest($1::text[]) AS s(code) "
+            "WHERE NOT EXISTS (SELECT 1 FROM skus WHERE skus.code = s.code)",
+            unstocked,
+        )
+    )
+    kept: list[_Decision] = []
+    for d in decisions:
+        named = sorted({sku for sku, _ in d.req.lines} & unknown)
+        if named:
+            d.error = UnknownSku(named)
+        else:
+            kept.append(d)
+    return kept
 
 
 def _candidates(
@@ -313,6 +339,7 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     # Refuse what cannot fit even now, before queueing for the levels' locks: a sold-out
     # SKU answers its buyers without touching its hot rows.
     snapshot = await uow.levels.peek({sku for d in placeable for sku, _ in d.req.lines})
+    placeable = await _refuse_unknown_skus(conn, placeable, {sku for sku, _ in snapshot})
     for d, seen in zip(
         placeable,
         await _reserve(uow, _lines(placeable), snapshot, links, each_alone=True),

@@ -1,7 +1,10 @@
 """Failsafe recovery of paid orders whose stock is not committed (seed 003, DESIGN.md §4).
 
-For a ``paid`` or ``needs_review`` order: log ``RECOVERY_ATTEMPT``; with no payment proof
-log ``INCONSISTENCY_DETECTED`` and commit nothing; when every line is already committed
+An order in any other status (``pending``, ``cancelled``, ``shipped``...) is refused with
+``invalid_transition`` saying why, and nothing is done or logged: there is nothing to
+recover. For a ``paid``, ``processing`` or ``needs_review`` order: log
+``RECOVERY_ATTEMPT``; with no payment proof (a CHECK makes that state impossible) log
+``INCONSISTENCY_DETECTED`` and commit nothing; when every line is already committed
 log ``RECOVERY_SKIPPED_ALREADY_COMMITTED``; otherwise commit what is reserved and reserve
 again what expired, all or nothing: ``RECOVERY_SUCCESS`` and ``paid``, or
 ``RECOVERY_FAILED`` and ``needs_review``. Recovery never releases stock.
@@ -76,6 +79,20 @@ def _state(order: OrderRecord) -> dict[str, Any]:
     }
 
 
+def _not_recoverable(order: OrderRecord) -> str:
+    """Why recovery does nothing for an order outside ``RECOVERABLE``."""
+    if order.status == OrderStatus.PENDING:
+        why = "it is pending: not paid yet, so its stock stays reserved until it is paid"
+    elif order.status == OrderStatus.CANCELLED:
+        why = "it is cancelled: its stock was released"
+    else:
+        why = f"it is {order.status.value}: its stock was already committed and fulfilled"
+    return (
+        f"nothing to recover for order {order.id}: {why}. Recovery commits the stock of "
+        "paid, processing or needs_review orders only; nothing was changed or logged"
+    )
+
+
 async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recovery | None:
     order = await load_order(uow.conn, order_id, lock=True, skip_locked=skip_locked)
     if order is None:
@@ -92,24 +109,21 @@ async def _recover(uow: UnitOfWork, order_id: str, skip_locked: bool) -> Recover
         or (not state["reserved_ids"] and not state["missing_lines"])
     ):
         return None  # paid, cancelled or committed by someone else since it was listed
+    if order.status not in RECOVERABLE:
+        raise InvalidTransition(order.status.value, OrderStatus.PAID.value, _not_recoverable(order))
     ids = state.pop("reserved_ids")
     (attempt,) = await insert_logs(
         uow.conn,
         uow.actor,
         [LogEntry(order.id, LogAction.RECOVERY_ATTEMPT, ids, context=state)],
     )
-    if order.status not in RECOVERABLE or not order.has_payment_proof:
-        why = (
-            "no payment proof (provider and payment id)"
-            if order.status in RECOVERABLE
-            else f"order is {order.status.value}, not paid"
-        )
+    if not order.has_payment_proof:  # pragma: no cover - CHECK paid_orders_carry_payment_proof
         log_id = await log_inconsistency(
             uow.conn,
             uow.actor,
             order.id,
-            "NO_PAYMENT_PROOF" if order.status in RECOVERABLE else "NOT_PAID",
-            f"nothing committed: {why}",
+            "NO_PAYMENT_PROOF",
+            "nothing committed: no payment proof (provider and payment id)",
             ids,
             attempt_log_id=attempt,
         )
