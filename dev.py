@@ -19,6 +19,11 @@ keep the full run. Pytest's own options: .venv/bin/python -m pytest --help.
 The browser test of the offline /docs needs Debian's chromium (or STOCKGUARD_CHROMIUM
 naming a Chromium binary): when it is missing, `test` installs it with apt-get if run as
 root, and otherwise says what to install.
+
+After the benchmark, the full run builds and tests the TypeScript client
+(clients/typescript): `npm ci` when its package-lock.json changed, `tsc`, the check that
+its generated types match the OpenAPI document the code serves, and `npm test` against a
+real server. It needs Node.js 20.3 or newer and npm, and says so when they are missing.
 """
 
 from __future__ import annotations
@@ -171,36 +176,45 @@ def test(args: list[str]) -> None:
     typescript_client()
 
 
+def node_version() -> tuple[int, int] | None:
+    """Node.js's (major, minor), or None when there is no usable ``node``."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    out = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    parts = out.strip().lstrip("v").split(".")
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
 def typescript_client() -> None:
     """Build and test clients/typescript: `npm ci` when its lock file changed, `tsc`, the
     check that its generated types match the served OpenAPI document, and its tests
-    against a real stockguard server (started by the tests). Needs Node.js 20+ and npm."""
+    against a real stockguard server (started by the tests). Needs Node.js 20.3+ and npm."""
     if not (TS_CLIENT / "package.json").exists():
         return
-    node, npm = shutil.which("node"), shutil.which("npm")
-    version = (
-        subprocess.run([node, "--version"], capture_output=True, text=True).stdout if node else ""
-    )
-    parts = version.strip().lstrip("v").split(".")
-    if npm is None or not all(p.isdigit() for p in parts[:2]) or [*map(int, parts[:2])] < [20, 3]:
+    npm, version = shutil.which("npm"), node_version()
+    if npm is None or version is None or version < (20, 3):
+        found = "none" if version is None else ".".join(map(str, version))
         print(
             "dev.py: the TypeScript client (clients/typescript) needs Node.js 20.3 or newer and "
-            f"npm, found node {version.strip() or 'none'} and npm {npm or 'none'}: install them "
-            "(Debian: apt-get install nodejs npm) or see https://nodejs.org",
+            f"npm; found node {found} and npm {npm or 'none'}: install them (Debian: apt-get "
+            "install nodejs npm, or https://nodejs.org)",
             file=sys.stderr,
             flush=True,
         )
         sys.exit(1)
-    lock = TS_CLIENT / "package-lock.json"
     stamp = TS_CLIENT / "node_modules" / ".stockguard-installed"
-    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
+    wanted = hashlib.sha256((TS_CLIENT / "package-lock.json").read_bytes()).hexdigest()
     if not (stamp.exists() and stamp.read_text() == wanted):
         _run(npm, "ci", "--prefix", TS_CLIENT, "--no-audit", "--no-fund")
+        stamp.parent.mkdir(exist_ok=True)
         stamp.write_text(wanted)
-    os.environ["STOCKGUARD_PYTHON"] = str(PYTHON)  # the tests' server and the OpenAPI dump
-    _run(npm, "run", "--prefix", TS_CLIENT, "build")
-    _run(npm, "run", "--prefix", TS_CLIENT, "check-generated")
-    _run(npm, "test", "--prefix", TS_CLIENT)
+    env = {**os.environ, "STOCKGUARD_PYTHON": str(PYTHON)}  # the tests' server, the dump
+    _run(npm, "run", "--prefix", TS_CLIENT, "build", env=env)
+    _run(npm, "run", "--prefix", TS_CLIENT, "check-generated", env=env)
+    _run(npm, "test", "--prefix", TS_CLIENT, env=env)
 
 
 def main(argv: list[str]) -> None:

@@ -47,8 +47,14 @@ export class ValidationError extends StockguardError {
   }
 }
 
-/** 422 `unknown_sku`: the order names SKUs the catalogue does not have. */
-export class UnknownSkuError extends ValidationError {}
+/** 422 `unknown_sku`: the order names SKUs that were never created; nothing was held. */
+export class UnknownSkuError extends ValidationError {
+  /** Every unknown SKU of the order. */
+  get skus(): string[] {
+    const skus = this.problem["skus"];
+    return Array.isArray(skus) ? skus.map(String) : [];
+  }
+}
 
 /** 422 `idempotency_key_reused`: the key was used before for another request. */
 export class IdempotencyKeyReusedError extends StockguardError {}

@@ -15,6 +15,7 @@ import {
   Stockguard,
   StockguardError,
   UnauthorizedError,
+  UnknownSkuError,
   ValidationError,
 } from "@stockguard/client";
 import { admin, availableOf, proxy, serverUrl, service, stocked, unique } from "./helpers.js";
@@ -126,6 +127,12 @@ describe("typed errors carry the problem", () => {
     assert.ok(invalid instanceof ValidationError, String(invalid));
     assert.equal(invalid.code, "validation_error");
     assert.ok(invalid.errors.length >= 1);
+
+    const ghost = unique("GHOST");
+    const unknown = await sg.placeOrder({ id: unique("web"), lines: [{ sku, quantity: 1 }, { sku: ghost, quantity: 1 }] }).catch((e: unknown) => e);
+    assert.ok(unknown instanceof UnknownSkuError && unknown instanceof ValidationError, String(unknown));
+    assert.deepEqual(unknown.skus, [ghost]);
+    assert.equal(await availableOf(sku), 2); // nothing held
 
     const stranger = new Stockguard({ baseUrl: serverUrl, apiKey: "not-a-key" });
     await assert.rejects(stranger.getOrder(id), UnauthorizedError);
