@@ -3,7 +3,7 @@
 // With STOCKGUARD_TEST_URL, STOCKGUARD_TEST_ADMIN_KEY and STOCKGUARD_TEST_SERVICE_KEY
 // already set, the tests use that server instead.
 import { spawn } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startServer } from "./server.js";
@@ -34,7 +34,10 @@ const code = await new Promise<number>((resolve) => {
   child.on("exit", (c, signal) => resolve(c ?? (signal ? 1 : 0)));
 });
 if (server) {
-  if (code !== 0) console.error(`server log: ${server.logPath} (kept until the server stops)`);
+  if (code !== 0) {
+    const log = readFileSync(server.logPath, "utf8").split("\n").slice(-40).join("\n");
+    console.error(`the server's last log lines (${server.logPath}):\n${log}`);
+  }
   await server.stop();
 }
 console.log(`npm test: ${code === 0 ? "passed" : "FAILED"} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
