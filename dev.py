@@ -41,6 +41,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".stockguard-installed"
+CLIENT = ROOT / "clients" / "python"
 COVERAGE_FAIL_UNDER = "95"
 TS_CLIENT = ROOT / "clients" / "typescript"
 
@@ -67,7 +68,9 @@ def _run(*args: str | Path, env: dict[str, str] | None = None) -> None:
 
 def ensure_venv() -> None:
     """Create the venv and (re)install when pyproject.toml has changed since the last install."""
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (CLIENT / "pyproject.toml").read_bytes()
+    ).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -80,6 +83,8 @@ def ensure_venv() -> None:
     )
     _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    # The Python client is its own package; its tests run in the same pytest run.
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", CLIENT)
     STAMP.write_text(wanted)
     print("dev.py: installed", flush=True)
 
@@ -139,7 +144,8 @@ def pytest_command(args: list[str]) -> list[str | Path]:
         return [PYTHON, "-m", "pytest", *args]
     return [
         PYTHON, "-m", "pytest",
-        "--cov=stockguard", "--cov-branch", "--cov-report=term-missing:skip-covered",
+        "--cov=stockguard", "--cov=stockguard_client",
+        "--cov-branch", "--cov-report=term-missing:skip-covered",
         f"--cov-fail-under={COVERAGE_FAIL_UNDER}",
         *args,
     ]  # fmt: skip

@@ -15,6 +15,8 @@ Prints one JSON document on stdout (progress goes to stderr). Scenarios:
 7. ``trace``: at concurrency 1, each PostgreSQL statement, Redis call and the Python
    time of a reservation and a cancel (where the time goes).
 8. ``pgbench`` (full runs, when installed): PostgreSQL's own one-hot-row ceiling.
+9. ``issue10`` (when ``wrk`` is installed): issue 10's figures side by side with one
+   outside load generator (bench/targets.py), each printed with its ratio and target.
 
 Then ``verify`` over the bench database and a Redis/PostgreSQL parity check over every
 SKU used. Exit status: 0 when everything held; 1 when verify found violations, the flash
@@ -65,6 +67,7 @@ from bench.scenarios import (
     reserve_http,
     reserve_service,
 )
+from bench.targets import issue10
 from bench.trace import statement_trace
 from bench.workload import OrderFactory, seed
 from stockguard.cache.redis_cache import RedisCache
@@ -87,6 +90,7 @@ SCENARIOS = (
     "trace",
     "reserve_http",
     "pgbench",
+    "issue10",
 )
 
 
@@ -200,12 +204,14 @@ async def run(args: argparse.Namespace, event_loop: str) -> tuple[dict[str, Any]
                 ("trace", "trace_concurrency_1", _trace),
                 ("reserve_http", "reserve_http", reserve_http),
                 ("pgbench", "pgbench_hot_row", _pgbench),
+                ("issue10", "issue10", issue10),
             ]
             for name, key, fn in steps:
                 if name in wanted:
                     progress(f"--- {key}")
                     await _analyze(env)
                     results[key] = await fn(ctx)
+            await _analyze(env)  # the scenarios grew the tables since the last ANALYZE
             doc["checks"] = await _checks(env, cache, ctx)
         finally:
             await client.aclose()
@@ -270,7 +276,8 @@ async def _pgbench(ctx: Ctx) -> dict[str, Any]:
 
 async def _checks(env: BenchEnv, cache: RedisCache, ctx: Ctx) -> dict[str, Any]:
     progress("--- verify and cache parity")
-    pool = await connect_pool(env.database_url, min_size=1, max_size=2)
+    # verify reads whole tables: no statement timeout for it.
+    pool = await connect_pool(env.database_url, min_size=1, max_size=2, statement_timeout_ms=0)
     try:
         async with pool.acquire() as conn:
             found = await verify(conn)

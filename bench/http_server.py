@@ -55,10 +55,14 @@ async def http_server(
     admin_key: str,
     workdir: Path,
     pool_max: int,
+    workers: int = 1,
+    app: str = "stockguard.api.app:create_app",
+    **settings: object,
 ) -> AsyncIterator[HttpServer]:
-    """Start ``uvicorn --factory stockguard.api.app:create_app`` with settings from the
-    environment (the bench database, prefix and bootstrap admin key; no worker loops),
-    wait for ``/readyz``, stop it at the end."""
+    """Start ``uvicorn --factory stockguard.api.app:create_app`` (``workers`` processes;
+    or another ``app``, such as the bare endpoint) with settings from the environment (the
+    bench database, prefix and bootstrap admin key; no worker loops; ``settings``
+    override), wait for ``/readyz``, stop it at the end."""
     port = free_port()
     env = service_env(
         database_url=database_url,
@@ -71,10 +75,12 @@ async def http_server(
         db_pool_max=pool_max,
         log_level="WARNING",
         data_dir=workdir / "server-data",
+        **settings,
     )
     log_path = workdir / "uvicorn.log"
+    factory = ["--factory"] if app.endswith("create_app") else []
     args = [
-        sys.executable, "-m", "uvicorn", "stockguard.api.app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", app, *factory, "--workers", str(workers),
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     with log_path.open("wb") as log:

@@ -281,6 +281,7 @@ def render(doc: dict[str, Any]) -> str:
                 ],
             )
         )
+    out.extend(_issue10(sc.get("issue10")))
     checks = doc.get("checks", {})
     if checks:
         out.append("\n### Checks after the run\n")
@@ -299,6 +300,51 @@ def render(doc: dict[str, Any]) -> str:
             )
         )
     return "\n".join(out) + "\n"
+
+
+def _issue10(i10: dict[str, Any] | None) -> list[str]:
+    """Issue 10's rows (wrk, one run) and its targets."""
+    if not i10 or "skipped" in i10:
+        return []
+    out = [f"\n### 9. HTTP with an outside load generator ({i10['load_generator']})\n"]
+    rows = [
+        [
+            name,
+            _f(c["connections"]),
+            _f(c["per_s"]),
+            _f(c["latency_ms"]["p50"], 2),
+            _f(c["latency_ms"]["p99"], 2),
+            ", ".join(f"{k}: {v:,}" for k, v in sorted(c["statuses"].items())),
+        ]
+        for name, c in i10["rows"].items()
+    ]
+    out.append(_table(["row", "connections", "answers/s", "p50 ms", "p99 ms", "statuses"], rows))
+    sb = i10.get("service_batcher", {})
+    if sb:
+        out.append("\nService layer through the batcher (hot SKU):\n")
+        out.append(_table(list(sb), [[_f(v) for v in sb.values()]]))
+    growth = i10.get("growth", {})
+    if growth:
+        plans = growth.get("plans_without_analyze", {})
+        out.append(
+            f"\nCost growth: {growth['history_orders']:,} orders loaded in "
+            f"{growth['load_seconds']} s; spread {growth['fresh']['per_s']}/s fresh, "
+            f"{growth['grown']['per_s']}/s after. Plans without ANALYZE: "
+            + "; ".join(f"{k}: {' > '.join(v['nodes'])}" for k, v in plans.items())
+            + "\n"
+        )
+    out.append("\nTargets:\n")
+    out.append(
+        _table(
+            ["target", "measured", "ratio", "wanted", "met"],
+            [
+                [t["name"], _f(t["measured"]), _f(t["ratio"], 3), t["target"],
+                 "met" if t["met"] else "**missed**"]
+                for t in i10.get("targets", [])
+            ],
+        )
+    )  # fmt: skip
+    return out
 
 
 def main(argv: list[str]) -> int:

@@ -80,7 +80,7 @@ def test_which_runs_are_partial(args: list[str], partial: bool) -> None:
 def test_only_the_full_run_measures_coverage_against_the_gate() -> None:
     full = [str(a) for a in dev.pytest_command(["-v"])]
     assert full[1:] == [
-        "-m", "pytest", "--cov=stockguard", "--cov-branch",
+        "-m", "pytest", "--cov=stockguard", "--cov=stockguard_client", "--cov-branch",
         "--cov-report=term-missing:skip-covered", "--cov-fail-under=95", "-v",
     ]  # fmt: skip
     partial = [str(a) for a in dev.pytest_command(["-k", "races"])]

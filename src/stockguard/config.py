@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     reconcile_full_interval_seconds: float = Field(default=300.0, gt=0)
     recovery_interval_seconds: float = Field(default=30.0, gt=0)
     run_workers: bool = Field(default=True, description="run worker loops inside serve")
+    order_batching: bool = Field(
+        default=True, description="group commit of concurrent POST /v1/orders"
+    )
+    order_batch_max: int = Field(default=200, ge=1, le=5000)
+    order_batch_lanes: int = Field(default=4, ge=1, le=64)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: str = Field(
         default="INFO", description="serve and worker; other commands log WARNING unless set"

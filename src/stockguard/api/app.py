@@ -19,7 +19,7 @@ from stockguard.api import (
     webhook_endpoints,
     webhooks,
 )
-from stockguard.api.auth import ADMIN, SERVICE, Authentication
+from stockguard.api.auth import ADMIN, SERVICE, Authentication, KnownKeys
 from stockguard.api.docs import install_docs
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
@@ -28,6 +28,7 @@ from stockguard.api.responses import install_problem_schema
 from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
+from stockguard.service.batcher import PlacementBatcher
 from stockguard.service.idempotency import KeyAnswered
 from stockguard.service.uow import Backends
 from stockguard.workers.loops import start_workers, stop_workers
@@ -54,6 +55,8 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                     yield
                 finally:
                     await stop_workers(tasks)
+                    if app.state.batcher is not None:
+                        await app.state.batcher.drain()
         finally:
             endpoints.close()
 
@@ -69,6 +72,21 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     if backends is not None:
         app.state.backends = backends
     app.state.settings = settings
+
+    def current_backends() -> Backends:
+        b: Backends = app.state.backends
+        return b
+
+    app.state.known_keys = KnownKeys()
+    app.state.batcher = (
+        PlacementBatcher(
+            current_backends,
+            max_batch=settings.order_batch_max,
+            lanes=settings.order_batch_lanes,
+        )
+        if settings.order_batching
+        else None
+    )
     install_handlers(app)
     install_problem_schema(app)
     app.include_router(recovery.router)  # before routes: its paths are more specific
@@ -97,6 +115,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         routes=lambda: app.routes,
         roles={service_role: SERVICE, admin_role: ADMIN},
         pool=pool,
+        known=app.state.known_keys,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeaderLimit)  # outermost: a huge head is refused before anything

@@ -136,14 +136,17 @@ class Idempotency:
             await _answer_again(row, claim)(scope, receive, send)
             return
         captured: dict[str, Any] = {"status": 500, "headers": [], "body": []}
+        held: list[Message] = []
 
         async def capture(message: Message) -> None:
+            # Held until the answer is stored: a client that has its answer finds it
+            # stored when it sends the key again.
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
                 captured["headers"] = message.get("headers", [])
             elif message["type"] == "http.response.body":
                 captured["body"].append(message.get("body", b""))
-            await send(message)
+            held.append(message)
 
         token = open_claim(claim)
         try:
@@ -151,15 +154,20 @@ class Idempotency:
         finally:
             close_claim(token)
         status = int(captured["status"])
-        if claim.done or status >= 500:
-            return  # stored with its effect (or replayed), or not to be stored at all
-        content_type = next(
-            (bytes(v).decode("latin-1") for k, v in captured["headers"] if k == b"content-type"),
-            "application/json",
-        )
-        answer = Answer(status, content_type, b"".join(captured["body"]))
-        with contextlib.suppress(*CONNECTION_LOST):  # a retry then simply runs again
-            await store_answer_after(self.pool(), claim, answer)
+        if not claim.done and status < 500:
+            content_type = next(
+                (
+                    bytes(v).decode("latin-1")
+                    for k, v in captured["headers"]
+                    if k == b"content-type"
+                ),
+                "application/json",
+            )
+            answer = Answer(status, content_type, b"".join(captured["body"]))
+            with contextlib.suppress(*CONNECTION_LOST):  # a retry then simply runs again
+                await store_answer_after(self.pool(), claim, answer)
+        for message in held:
+            await send(message)
 
 
 def _answer_again(row: asyncpg.Record, claim: Claim) -> Response:

@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stockguard.api import responses as doc
-from stockguard.api.answers import answered
+from stockguard.api.answers import answered, json_bytes
 from stockguard.api.auth import api_key_of
+from stockguard.api.problems import PROBLEM, from_error
 from stockguard.api.schemas import (
     CODE_PATTERN,
     MAX_CODE,
@@ -39,10 +40,18 @@ from stockguard.api.schemas import (
 )
 from stockguard.api.strict import StrictJSONRoute
 from stockguard.config import CacheMode
-from stockguard.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from stockguard.domain.errors import (
+    Forbidden,
+    NotFound,
+    StockguardError,
+    Unauthorized,
+    ValidationFailed,
+)
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
+from stockguard.service.batcher import PlacementBatcher
 from stockguard.service.catalogue import SkuView
+from stockguard.service.idempotency import Answer, current_claim
 from stockguard.service.reconcile import reconcile
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.service.verify import verify
@@ -108,19 +117,19 @@ def order_cursor(after: str | None) -> tuple[datetime, str] | None:
         raise ValidationFailed(BAD_CURSOR) from exc
 
 
-def _sku_path(sku: str) -> str:
+async def _sku_path(sku: str) -> str:
     return _path(sku, SKU_PATTERN, "sku")
 
 
-def _code_path(code: str) -> str:
+async def _code_path(code: str) -> str:
     return _path(code, CODE_PATTERN, "code")
 
 
-def _location_path(location: str) -> str:
+async def _location_path(location: str) -> str:
     return _path(location, CODE_PATTERN, "location")
 
 
-def _order_path(order_id: str) -> str:
+async def _order_path(order_id: str) -> str:
     return _path(order_id, ORDER_ID_PATTERN, "order_id")
 
 
@@ -132,7 +141,7 @@ LocationPath = Annotated[str, Depends(_location_path)]
 OrderPath = Annotated[str, Depends(_order_path)]
 
 
-def backends(request: Request) -> Backends:
+async def backends(request: Request) -> Backends:
     b: Backends = request.app.state.backends
     return b
 
@@ -326,7 +335,7 @@ async def get_availability(
 
 
 @router.post("/v1/orders", tags=["orders"], status_code=201)
-async def place_order(body: OrderIn, key: Service, b: B) -> Response:
+async def place_order(body: OrderIn, key: Service, b: B, http: Request) -> Response:
     request = orders.PlaceOrder(
         id=body.id or str(uuid.uuid4()),
         lines=tuple((ln.sku, ln.quantity) for ln in body.lines),
@@ -337,10 +346,32 @@ async def place_order(body: OrderIn, key: Service, b: B) -> Response:
         total_amount=body.total_amount,
         currency=body.currency.upper() if body.currency else None,
     )
-    return await answered(
-        lambda: orders.place_order(b, request, actor(key)),
-        lambda placed: (201 if placed.created else 200, order_json(placed.order)),
-    )
+    batcher: PlacementBatcher | None = http.app.state.batcher
+    if batcher is None:
+        return await answered(
+            lambda: orders.place_order(b, request, actor(key)),
+            lambda placed: (201 if placed.created else 200, order_json(placed.order)),
+        )
+    claim = current_claim()
+    if claim is not None:
+        claim.render = _placement_answer
+    outcome = await batcher.place(request, actor(key))
+    if claim is not None and claim.answer is not None:
+        answer = claim.answer  # the bytes stored with the batch's effect
+    elif isinstance(outcome, StockguardError):
+        raise outcome
+    else:
+        answer = _placement_answer(outcome)
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+def _placement_answer(outcome: orders.Placed | StockguardError) -> Answer:
+    """A batched placement's answer: the order, or the problem of its refusal."""
+    if isinstance(outcome, StockguardError):
+        refused = from_error(outcome)
+        return Answer(refused.status_code, PROBLEM, bytes(refused.body))
+    body = json_bytes(order_json(outcome.order))
+    return Answer(201 if outcome.created else 200, "application/json", body)
 
 
 @router.get("/v1/orders/{order_id}", tags=["orders"])
@@ -443,7 +474,7 @@ async def list_api_keys(_key: Admin, b: B, limit: Limit = 50, after: After = Non
 
 
 @router.delete("/v1/admin/api-keys/{key_id}", tags=["admin"], status_code=204)
-async def revoke_api_key(key: Admin, key_id: str, b: B) -> Response:
+async def revoke_api_key(key: Admin, key_id: str, b: B, http: Request) -> Response:
     if not _UUID.fullmatch(key_id):
         raise NotFound("no such api key")
 
@@ -452,6 +483,7 @@ async def revoke_api_key(key: Admin, key_id: str, b: B) -> Response:
             raise NotFound("no such api key")
 
     await run(b, actor(key), revoke, operation="revoke_api_key")
+    http.app.state.known_keys.forget(key_id)  # this process at once, the others within 1 s
     return Response(status_code=204)
 
 

@@ -26,12 +26,14 @@ __all__ = [
     "Claim",
     "KeyAnswered",
     "claim_key",
+    "claim_keys",
     "close_claim",
     "current_claim",
     "load_answer",
     "open_claim",
     "store_answer",
     "store_answer_after",
+    "store_answers",
 ]
 
 
@@ -91,6 +93,40 @@ async def claim_key(conn: Conn, claim: Claim) -> None:
     if not taken:
         claim.done = True
         raise KeyAnswered(claim)
+
+
+async def claim_keys(conn: Conn, claims: list[Claim]) -> list[bool]:
+    """:func:`claim_key` for a batch of requests in one statement (keys in one sorted
+    order, so two batches cannot wait on each other): whether each key was taken here.
+    The caller must not pass the same (owner, key) twice."""
+    if not claims:
+        return []
+    rows = await conn.fetch(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) "
+        "SELECT s, k, h FROM unnest($1::text[], $2::text[], $3::text[]) AS c(s, k, h) "
+        "ORDER BY s, k ON CONFLICT DO NOTHING RETURNING scope, key",
+        [c.owner for c in claims],
+        [c.key for c in claims],
+        [c.fingerprint for c in claims],
+    )
+    taken = {(r["scope"], r["key"]) for r in rows}
+    return [(c.owner, c.key) in taken for c in claims]
+
+
+async def store_answers(conn: Conn, answered: list[tuple[Claim, Answer]]) -> None:
+    """:func:`store_answer` for a batch, in one statement."""
+    if not answered:
+        return
+    await conn.execute(
+        "UPDATE idempotency_keys i SET status_code = a.status, content_type = a.ct, "
+        "body = a.body FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], "
+        "$5::bytea[]) AS a(s, k, status, ct, body) WHERE i.scope = a.s AND i.key = a.k",
+        [c.owner for c, _ in answered],
+        [c.key for c, _ in answered],
+        [a.status for _, a in answered],
+        [a.content_type for _, a in answered],
+        [a.stored_body if a.stored_body is not None else a.body for _, a in answered],
+    )
 
 
 async def store_answer(conn: Conn, claim: Claim, answer: Answer) -> None:

@@ -61,6 +61,7 @@ __all__ = [
     "PlaceOrder",
     "Placed",
     "cancel_order",
+    "decide_orders",
     "delete_order",
     "get_order",
     "move_reservations",
@@ -474,6 +475,13 @@ async def place_orders(
     # and then it is "existing".
     decisions = await run(backends, actor, body, operation="place_order", answers=False)
     return [_outcome(d) for d in decisions]
+
+
+async def decide_orders(
+    uow: UnitOfWork, requests: Sequence[PlaceOrder]
+) -> list[Placed | StockguardError]:
+    """:func:`place_orders` inside the caller's transaction (the HTTP batcher's)."""
+    return [_outcome(d) for d in await _place(uow, requests)]
 
 
 def _outcome(d: _Decision) -> Placed | StockguardError:

@@ -12,7 +12,15 @@ import asyncpg
 
 from stockguard.store.db import Conn
 
-__all__ = ["ApiKey", "authenticate", "create_key", "hash_key", "list_keys", "revoke_key"]
+__all__ = [
+    "ApiKey",
+    "authenticate",
+    "create_key",
+    "hash_key",
+    "list_keys",
+    "revoke_key",
+    "still_valid",
+]
 
 ROLES = ("admin", "service")
 
@@ -72,6 +80,15 @@ async def authenticate(conn: Conn, key: str) -> ApiKey | None:
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
     return _key(row)
+
+
+async def still_valid(conn: Conn, digests: list[str]) -> set[str]:
+    """Which of these key hashes still name a key that is not revoked."""
+    rows = await conn.fetch(
+        "SELECT key_hash FROM api_keys WHERE key_hash = ANY($1::text[]) AND revoked_at IS NULL",
+        digests,
+    )
+    return {r["key_hash"] for r in rows}
 
 
 async def list_keys(conn: Conn, limit: int, after: str | None) -> list[ApiKey]:

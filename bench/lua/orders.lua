@@ -1,0 +1,100 @@
+-- wrk script of the stockguard benchmark (bench/targets.py sets the globals above this
+-- line): MODE "hot" | "spread" | "flash" | "cancel", PREFIX (unique order ids per run),
+-- AUTH (the bearer key), SKU (hot and flash), SPREAD (how many spread SKUs), QUOTA
+-- (requests per thread, 0 = until the duration ends), THREADS, KEYED (send an
+-- Idempotency-Key), CANCEL_PREFIX and CANCEL_N (the orders to cancel).
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  sent = 0
+  answered = 0
+  statuses = {}
+  first_s = os.time()
+  last_s = first_s
+  math.randomseed(tid * 7919 + 17)
+end
+
+local function headers(oid)
+  local h = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. AUTH }
+  if KEYED then h["Idempotency-Key"] = "k-" .. oid end
+  return h
+end
+
+local function spread_lines()
+  local n = math.random(1, 3)
+  local seen, parts = {}, {}
+  while #parts < n do
+    local i = math.random(0, SPREAD - 1)
+    if not seen[i] then
+      seen[i] = true
+      parts[#parts + 1] = string.format('{"sku":"S%05d","quantity":%d}', i, math.random(1, 3))
+    end
+  end
+  return table.concat(parts, ",")
+end
+
+-- With a QUOTA, each thread sends exactly QUOTA requests; after that its connections
+-- only ask for a path that does not exist (a 404 from the router, not counted) until the
+-- last answer is in (or, should an answer be lost, a while longer) and the thread stops.
+local filler = wrk.format("GET", "/bench-filler")
+
+function request()
+  sent = sent + 1
+  if QUOTA > 0 and sent > QUOTA then
+    if sent > QUOTA + 2000 then wrk.thread:stop() end
+    return filler
+  end
+  if MODE == "cancel" then
+    local i = tid + THREADS * (sent - 1)
+    if i >= CANCEL_N then i = (tid + THREADS * sent) % CANCEL_N end
+    local oid = CANCEL_PREFIX .. i
+    return wrk.format("POST", "/v1/orders/" .. oid .. "/cancel", headers("c" .. oid), "{}")
+  end
+  local oid = PREFIX .. "-" .. tid .. "-" .. sent
+  local lines
+  if MODE == "spread" then
+    lines = spread_lines()
+  else
+    lines = '{"sku":"' .. SKU .. '","quantity":1}'
+  end
+  return wrk.format("POST", "/v1/orders", headers(oid), '{"id":"' .. oid .. '","lines":[' .. lines .. ']}')
+end
+
+function response(status, hdrs, body)
+  if QUOTA > 0 and status == 404 then return end -- a filler
+  answered = answered + 1
+  last_s = os.time()
+  statuses[status] = (statuses[status] or 0) + 1
+  if QUOTA > 0 and answered >= QUOTA then wrk.thread:stop() end
+end
+
+function done(summary, latency, requests)
+  local agg = {}
+  local total = 0
+  local first, last = nil, 0
+  for _, t in ipairs(threads) do
+    local f, l = t:get("first_s"), t:get("last_s")
+    if first == nil or f < first then first = f end
+    if l > last then last = l end
+    local s = t:get("statuses")
+    for code, n in pairs(s) do
+      agg[code] = (agg[code] or 0) + n
+      total = total + n
+    end
+  end
+  local parts = {}
+  for code, n in pairs(agg) do parts[#parts + 1] = string.format('"%d":%d', code, n) end
+  io.write(string.format(
+    'WRKJSON {"answering_s":%d,"requests":%d,"answered":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"statuses":{%s}}\n',
+    last - first, summary.requests, total, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    latency.mean, table.concat(parts, ",")))
+end
