@@ -19,6 +19,11 @@ keep the full run. Pytest's own options: .venv/bin/python -m pytest --help.
 The browser test of the offline /docs needs Debian's chromium (or STOCKGUARD_CHROMIUM
 naming a Chromium binary): when it is missing, `test` installs it with apt-get if run as
 root, and otherwise says what to install.
+
+After the benchmark, the full run builds and tests the TypeScript client
+(clients/typescript): `npm ci` when its package-lock.json changed, `tsc`, the check that
+its generated types match the OpenAPI document the code serves, and `npm test` against a
+real server. It needs Node.js 20.3 or newer and npm, and says so when they are missing.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ PYTHON = BIN / "python"
 STAMP = VENV / ".stockguard-installed"
 CLIENT = ROOT / "clients" / "python"
 COVERAGE_FAIL_UNDER = "95"
+TS_CLIENT = ROOT / "clients" / "typescript"
 
 # Pytest options that choose which tests run: with any of them the run is partial. (-x
 # only stops at a failure, and a failed run fails anyway.) Then the options that take a
@@ -173,6 +179,48 @@ def test(args: list[str]) -> None:
         return
     # The benchmark runs only as a small smoke run here: it must work, its figures don't count.
     _run(PYTHON, "-m", "bench", "--smoke")
+    typescript_client()
+
+
+def node_version() -> tuple[int, int] | None:
+    """Node.js's (major, minor), or None when there is no usable ``node``."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    out = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    parts = out.strip().lstrip("v").split(".")
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def typescript_client() -> None:
+    """Build and test clients/typescript: `npm ci` when its lock file changed, `tsc`, the
+    check that its generated types match the served OpenAPI document, and its tests
+    against a real stockguard server (started by the tests). Needs Node.js 20.3+ and npm."""
+    if not (TS_CLIENT / "package.json").exists():
+        return
+    npm, version = shutil.which("npm"), node_version()
+    if npm is None or version is None or version < (20, 3):
+        found = "none" if version is None else ".".join(map(str, version))
+        print(
+            "dev.py: the TypeScript client (clients/typescript) needs Node.js 20.3 or newer and "
+            f"npm; found node {found} and npm {npm or 'none'}: install them (Debian: apt-get "
+            "install nodejs npm, or https://nodejs.org)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    stamp = TS_CLIENT / "node_modules" / ".stockguard-installed"
+    wanted = hashlib.sha256((TS_CLIENT / "package-lock.json").read_bytes()).hexdigest()
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        _run(npm, "ci", "--prefix", TS_CLIENT, "--no-audit", "--no-fund")
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(wanted)
+    env = {**os.environ, "STOCKGUARD_PYTHON": str(PYTHON)}  # the tests' server, the dump
+    _run(npm, "run", "--prefix", TS_CLIENT, "build", env=env)
+    _run(npm, "run", "--prefix", TS_CLIENT, "check-generated", env=env)
+    _run(npm, "test", "--prefix", TS_CLIENT, env=env)
 
 
 def main(argv: list[str]) -> None:

@@ -88,7 +88,7 @@ def test_only_the_full_run_measures_coverage_against_the_gate() -> None:
 
 
 @pytest.fixture
-def ran(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def ran(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
     """Record what dev.py would run; a fresh machine's venv is already there."""
     commands: list[list[str]] = []
 
@@ -98,6 +98,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(dev, "_run", record)
     monkeypatch.setattr(dev, "ensure_venv", lambda: None)
     monkeypatch.setenv("STOCKGUARD_CHROMIUM", "/usr/bin/chromium")
+    monkeypatch.setattr(dev, "TS_CLIENT", tmp_path / "no-typescript-client")
     return commands
 
 
@@ -195,3 +196,72 @@ def test_chromium_missing_without_root_or_apt_says_what_to_install(
     dev.ensure_chromium(required=False)  # a partial run goes on, with a note
     assert "note:" in capsys.readouterr().out
     assert commands == []
+
+
+@pytest.fixture
+def ts_client(ran: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A clients/typescript with its lock file, and a Node.js 20.3 with npm."""
+    client = tmp_path / "typescript"
+    client.mkdir()
+    (client / "package.json").write_text("{}")
+    (client / "package-lock.json").write_text('{"lockfileVersion": 3}')
+    monkeypatch.setattr(dev, "TS_CLIENT", client)
+    monkeypatch.setattr(dev, "node_version", lambda: (20, 3))
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    return client
+
+
+def test_the_full_run_ends_with_the_typescript_client(
+    ran: list[list[str]], ts_client: Path
+) -> None:
+    dev.main(["dev.py", "test"])
+    npm = [c[1:] for c in ran if c[0] == "/usr/bin/npm"]
+    assert _tools(ran)[4] == "-m bench --smoke"  # after the Python suite and the benchmark
+    assert npm == [
+        ["ci", "--prefix", str(ts_client), "--no-audit", "--no-fund"],
+        ["run", "--prefix", str(ts_client), "build"],
+        ["run", "--prefix", str(ts_client), "check-generated"],
+        ["test", "--prefix", str(ts_client)],
+    ]
+    ran.clear()
+    dev.typescript_client()  # the lock file has not changed: no second npm ci
+    assert [c[1] for c in ran] == ["run", "run", "test"]
+    (ts_client / "package-lock.json").write_text('{"lockfileVersion": 3, "changed": true}')
+    ran.clear()
+    dev.typescript_client()
+    assert ran[0][1] == "ci"
+
+
+def test_a_partial_run_leaves_the_typescript_client_alone(
+    ran: list[list[str]], ts_client: Path
+) -> None:
+    dev.main(["dev.py", "test", "-k", "races"])
+    assert not [c for c in ran if c[0] == "/usr/bin/npm"]
+
+
+@pytest.mark.parametrize("version", [None, (18, 19), (20, 2)])
+def test_without_node_20_3_the_typescript_step_says_what_to_install(
+    ran: list[list[str]],
+    ts_client: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    version: tuple[int, int] | None,
+) -> None:
+    monkeypatch.setattr(dev, "node_version", lambda: version)
+    with pytest.raises(SystemExit) as stop:
+        dev.typescript_client()
+    assert stop.value.code == 1
+    assert "needs Node.js 20.3 or newer and npm" in capsys.readouterr().err
+    assert ran == []
+
+
+def test_node_version_reads_node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "node"
+    fake.write_text("#!/bin/sh\necho v20.19.2\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "node" else None)
+    assert dev.node_version() == (20, 19)
+    fake.write_text("#!/bin/sh\necho nonsense\n")
+    assert dev.node_version() is None
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert dev.node_version() is None
