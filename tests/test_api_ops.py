@@ -40,7 +40,8 @@ async def test_metrics_are_prometheus_text(
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert "# TYPE stockguard_operation_seconds histogram" in text
-    assert 'stockguard_operation_seconds_count{operation="place_order"}' in text
+    # POST /v1/orders goes through the group-commit batcher (on by default).
+    assert 'stockguard_operation_seconds_count{operation="place_order_batch"}' in text
     refused = [
         line for line in text.splitlines() if line.startswith("stockguard_out_of_stock_total ")
     ]
