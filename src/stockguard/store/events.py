@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from stockguard.domain.delivery import EVENT_TYPES as CONTRACT_EVENT_TYPES
 from stockguard.render import order_json, ts
 from stockguard.store.db import Conn
 from stockguard.store.levels import AVAILABLE_SQL, LevelWriter
@@ -39,28 +40,8 @@ __all__ = [
     "sequence_events",
 ]
 
-# Every type the contract names (API.md "Outgoing events"), ping included.
-EVENT_TYPES = (
-    "stock.changed",
-    "stock.out_of_stock",
-    "stock.back_in_stock",
-    "stock.low",
-    "order.placed",
-    "order.paid",
-    "order.needs_review",
-    "order.cancelled",
-    "order.deleted",
-    "order.shipped",
-    "order.delivered",
-    "order.expired",
-    "order.recovered",
-    "order.returned",
-    "payment.inconsistency",
-    "transfer.shipped",
-    "transfer.received",
-    "transfer.cancelled",
-    "ping",
-)
+# Every type the contract names (domain.delivery.EVENT_TYPES), and ping.
+EVENT_TYPES: tuple[str, ...] = (*sorted(CONTRACT_EVENT_TYPES), "ping")
 
 # The whole flush in one statement: the events the use case named (orders, transfers), in
 # the order it named them, then per touched SKU its stock.changed and the threshold edges
