@@ -3,20 +3,34 @@ Redis itself, runs the workers and closes everything again."""
 
 from __future__ import annotations
 
+import gc
 import runpy
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from stockguard.api.app import build_app, create_app
 from stockguard.config import Settings
+from stockguard.runtime import GC_GEN0_THRESHOLD
 from stockguard.service.uow import Backends
 from tests.conftest import Servers
 
 
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    """The serve lifespan tunes this process's collector: put it back for the others."""
+    threshold = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
 async def test_lifespan_opens_backends_runs_workers_and_closes(
-    servers: Servers, migrated: str
+    servers: Servers, migrated: str, gc_restored: None
 ) -> None:
     settings = Settings(
         database_url=servers.database_url,
@@ -29,7 +43,11 @@ async def test_lifespan_opens_backends_runs_workers_and_closes(
         recovery_interval_seconds=60,
     )
     app = build_app(settings)
+    gc.unfreeze()
     async with app.router.lifespan_context(app):
+        # started: the heap so far is frozen, the young generation collected less often
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
         backends: Backends = app.state.backends
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

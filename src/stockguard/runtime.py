@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,9 +18,28 @@ from stockguard.store import keys
 from stockguard.store.db import connect_pool
 from stockguard.store.migrate import upgrade_async
 
-__all__ = ["Endpoints", "open_backends", "resolve_endpoints"]
+__all__ = ["GC_GEN0_THRESHOLD", "Endpoints", "open_backends", "resolve_endpoints", "settle_heap"]
 
 log = get_logger(__name__)
+
+
+# Allocations between two collections of the youngest generation (CPython's default: 700).
+# A request allocates a few hundred objects, so the default collects several times per
+# batch of orders; measured (docs/PERFORMANCE.md), the larger threshold with the start-up
+# heap frozen cut the hot SKU's p99 over HTTP from 90 to 38 ms and cancels' from 295 to
+# 188 ms.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def settle_heap() -> None:
+    """Once the service has started: collect, then move everything alive (modules, the
+    app and its models, the pools) out of the cyclic collector's sight (``gc.freeze``)
+    so that no later collection walks it again, and collect the young generation less
+    often. Reference counting still frees almost everything at once; only cycles wait
+    for a collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 100, 100)
 
 
 @dataclass

@@ -1,11 +1,8 @@
-// Names for the types of src/openapi.ts (generated from the served OpenAPI document).
+// Names for the types of src/openapi.ts (generated from the served OpenAPI document):
+// every one is a named schema of that document, nothing here is written by hand.
 import type { components } from "./openapi.js";
 
 export type Schemas = components["schemas"];
-/** A named schema of the document; `Fallback` only while the document lacks the name. */
-type Named<K extends string, Fallback> = K extends keyof Schemas ? Schemas[K] : Fallback;
-
-export type JsonObject = { [key: string]: unknown };
 
 // Requests
 export type LocationIn = Schemas["LocationIn"];
@@ -50,44 +47,26 @@ export interface Page<T, Cursor = string> {
   next: Cursor | null;
 }
 
-export type Location = Named<"Location", JsonObject & { code: string; name: string }>;
-export type Channel = Named<"Channel", JsonObject & { code: string; locations: string[] }>;
-export type Sku = Named<"Sku", JsonObject & { sku: string; name: string; available: number }>;
-export type Availability = Named<
-  "Availability",
-  { items: { sku: string; available: number; locations: { [code: string]: number } }[] }
->;
-export type ApiKey = Named<"ApiKey", JsonObject & { id: string; role: string; name: string }>;
-export type ApiKeyCreated = Named<"ApiKeyCreated", ApiKey & { key: string | null }>;
-export type RecoveryResult = Named<
-  "RecoveryResult",
-  JsonObject & { outcome: string; order: Order | null }
->;
-export type InventoryLog = Named<"InventoryLog", JsonObject & { action: string }>;
-export type Verification = Named<"Verification", { ok: boolean; violations: unknown[] }>;
-export type ReconcileReport = Named<"ReconcileReport", JsonObject & { checked: number }>;
-export type Readiness = Named<"Readiness", JsonObject>;
+export type Location = Schemas["Location"];
+export type Channel = Schemas["Channel"];
+export type Sku = Schemas["Sku"];
+export type Availability = Schemas["Availability"];
+export type ApiKey = Schemas["ApiKey"];
+export type ApiKeyCreated = Schemas["ApiKeyCreated"];
+export type RecoveryResult = Schemas["RecoveryResult"];
+export type InventoryLog = Schemas["InventoryLog"];
+export type Verification = Schemas["Verification"];
+export type ReconcileReport = Schemas["ReconcileReport"];
+export type Readiness = Schemas["Readiness"];
 
 /** The RFC 9457 problem every refusal carries (`application/problem+json`). */
 export type Problem = Schemas["Problem"];
-export type Shortage = Named<"Shortage", { sku: string; requested: number; available: number }>;
+export type Shortage = Schemas["Shortage"];
 
 // Outgoing webhook endpoints (admin)
-export type WebhookEndpointIn = Named<
-  "EndpointIn",
-  { url: string; events: string[]; description?: string | null }
->;
-export type WebhookEndpointPatch = Named<
-  "EndpointPatchIn",
-  { url?: string; events?: string[]; description?: string | null; active?: boolean }
->;
-export type WebhookEndpoint = Named<
-  "WebhookEndpoint",
-  JsonObject & { id: string; url: string; events: string[]; active: boolean }
->;
-export type WebhookEndpointCreated = Named<"WebhookEndpointCreated", WebhookEndpoint & { secret: string | null }>;
-export type WebhookDelivery = Named<
-  "WebhookDelivery",
-  JsonObject & { event_id: string; status: string; attempts: number }
->;
-export type ReplayQueued = Named<"ReplayQueued", { queued: number }>;
+export type WebhookEndpointIn = Schemas["EndpointIn"];
+export type WebhookEndpointPatch = Schemas["EndpointPatchIn"];
+export type WebhookEndpoint = Schemas["WebhookEndpoint"];
+export type WebhookEndpointCreated = Schemas["WebhookEndpointCreated"];
+export type WebhookDelivery = Schemas["WebhookDelivery"];
+export type ReplayQueued = Schemas["ReplayQueued"];

@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from starlette.responses import Response
 
 from stockguard.service.idempotency import Answer, current_claim
@@ -18,10 +19,16 @@ T = TypeVar("T")
 
 
 def json_bytes(body: Any) -> bytes:
-    # As Starlette's JSONResponse renders it.
-    return json.dumps(
-        body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode("utf-8")
+    """Compact UTF-8 JSON, the bytes Starlette's ``JSONResponse`` would send, rendered by
+    orjson (several times cheaper on the order answers of the hot path). What orjson
+    refuses (an integer beyond 64 bits) is rendered by :mod:`json`. The answers carry no
+    floats (amounts are integers in minor units)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+        ).encode("utf-8")
 
 
 async def answered(

@@ -27,7 +27,7 @@ from stockguard.api.openapi import install_openapi
 from stockguard.api.problems import install_handlers
 from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
-from stockguard.runtime import Endpoints, open_backends, resolve_endpoints
+from stockguard.runtime import Endpoints, open_backends, resolve_endpoints, settle_heap
 from stockguard.service.batcher import PlacementBatcher
 from stockguard.service.idempotency import KeyAnswered
 from stockguard.service.uow import Backends
@@ -51,6 +51,7 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
             async with open_backends(settings, endpoints) as opened:
                 app.state.backends = opened
                 tasks = start_workers(opened, settings) if settings.run_workers else []
+                settle_heap()
                 try:
                     yield
                 finally:

@@ -456,9 +456,12 @@ def _new_order(req: PlaceOrder, now: datetime, held: list[ReservationRecord]) ->
     )
 
 
-async def _fresh(conn: Conn, order_id: str) -> OrderRecord:
-    found = await load_order(conn, order_id)
+async def _fresh(uow: UnitOfWork, order_id: str) -> OrderRecord:
+    """The order as this transaction leaves it: read after the use case's last write, and
+    given to the outbox so that its events carry it without reading it again."""
+    found = await load_order(uow.conn, order_id)
     assert found is not None
+    uow.events.known(found)
     return found
 
 
@@ -630,7 +633,7 @@ async def cancel_order(
             raise InvalidTransition(order.status.value, OrderStatus.CANCELLED.value)
         await restore(uow, order, via="cancel")
         await set_order_status(uow, order, OrderStatus.CANCELLED, cancel_reason=reason)
-        return await _fresh(uow.conn, order_id)
+        return await _fresh(uow, order_id)
 
     return await run(backends, actor, body, operation="cancel_order")
 
@@ -711,7 +714,7 @@ async def set_status(
                 )
             ],
         )
-        return await _fresh(uow.conn, order_id)
+        return await _fresh(uow, order_id)
 
     return await run(backends, actor, body, operation=f"set_status_{target.value}")
 
@@ -793,7 +796,7 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
         )
         if order.status == OrderStatus.PAID:
             await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
-        return await _fresh(uow.conn, order_id)
+        return await _fresh(uow, order_id)
     if order.status != OrderStatus.PENDING:
         raise InvalidTransition(order.status.value, OrderStatus.PAID.value)
     paid_other = await uow.conn.fetchval(
@@ -816,7 +819,7 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
             payment_id=proof.payment_id,
         )
         await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
-        return await _fresh(uow.conn, order_id)
+        return await _fresh(uow, order_id)
     rereserved = await rereserve_missing(uow, order)
     if isinstance(rereserved, OutOfStock):
         await insert_logs(
@@ -836,10 +839,10 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
             ],
         )
         await set_order_status(uow, order, OrderStatus.NEEDS_REVIEW)
-        return await _fresh(uow.conn, order_id)
+        return await _fresh(uow, order_id)
     await commit_reserved(uow, order)
     await set_order_status(uow, order, OrderStatus.PAID)
-    return await _fresh(uow.conn, order_id)
+    return await _fresh(uow, order_id)
 
 
 async def record_payment(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> None:

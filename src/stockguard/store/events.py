@@ -122,6 +122,12 @@ class Outbox:
         else:
             self._records.pop(order_id, None)
 
+    def known(self, record: OrderRecord) -> None:
+        """``record`` is the order as the transaction leaves it (read after its last
+        write): the events of it carry it instead of reading it back in :meth:`flush`."""
+        if record.id in self._orders:
+            self._records[record.id] = record
+
     def add(self, event_type: str, data: dict[str, Any]) -> None:
         self._other.append((event_type, data))
 
