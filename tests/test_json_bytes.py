@@ -15,7 +15,7 @@ from stockguard.api.answers import json_bytes
     "body",
     [
         {"id": "ord-1", "lines": [{"sku": "ÉTÉ-✓", "quantity": 3}], "paid_at": None},
-        {"ok": True, "items": [], "next": "a\"b\\c\n"},
+        {"ok": True, "items": [], "next": 'a"b\\c\n'},
         [1, -9_223_372_036_854_775_808, 9_223_372_036_854_775_807],
     ],
 )
