@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import asyncpg
 import pytest
 from starlette.responses import JSONResponse
 
@@ -27,3 +28,8 @@ def test_an_integer_beyond_64_bits_is_rendered_by_the_standard_library() -> None
     body = {"units": 2**70}
     assert json_bytes(body) == JSONResponse(body).body
     assert json.loads(json_bytes(body)) == body
+
+
+async def test_jsonb_parameters_are_stored_as_given(pool: asyncpg.Pool) -> None:
+    for value in ({"sku": "ÉTÉ", "units": [1, 2]}, {"big": 2**70}, [None, True, "x"]):
+        assert await pool.fetchval("SELECT $1::jsonb", value) == value

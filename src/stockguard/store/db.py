@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
+import orjson
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -64,8 +65,17 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RETRYABLE)
 
 
+def _jsonb_text(value: Any) -> str:
+    """A jsonb parameter's text: orjson's (the outbox encodes an order per event), the
+    standard library's for what orjson refuses (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=json.loads, schema="pg_catalog")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
