@@ -29,6 +29,7 @@ from stockguard.api.routes import admin_role, router, service_role
 from stockguard.config import Settings
 from stockguard.runtime import Endpoints, open_backends, resolve_endpoints, settle_heap
 from stockguard.service.batcher import PlacementBatcher
+from stockguard.service.cancel_batcher import CancelBatcher
 from stockguard.service.idempotency import KeyAnswered
 from stockguard.service.uow import Backends
 from stockguard.workers.loops import start_workers, stop_workers
@@ -56,8 +57,9 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                     yield
                 finally:
                     await stop_workers(tasks)
-                    if app.state.batcher is not None:
-                        await app.state.batcher.drain()
+                    for batcher in (app.state.batcher, app.state.cancel_batcher):
+                        if batcher is not None:
+                            await batcher.drain()
         finally:
             endpoints.close()
 
@@ -84,6 +86,15 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.state.known_keys = KnownKeys()
     app.state.batcher = (
         PlacementBatcher(
+            current_backends,
+            max_batch=settings.order_batch_max,
+            lanes=settings.order_batch_lanes,
+        )
+        if settings.order_batching
+        else None
+    )
+    app.state.cancel_batcher = (
+        CancelBatcher(
             current_backends,
             max_batch=settings.order_batch_max,
             lanes=settings.order_batch_lanes,

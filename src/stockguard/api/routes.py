@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -51,8 +52,9 @@ from stockguard.domain.errors import (
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
 from stockguard.service.batcher import PlacementBatcher
+from stockguard.service.cancel_batcher import CancelBatcher, CancelOutcome
 from stockguard.service.catalogue import SkuView
-from stockguard.service.idempotency import Answer, current_claim
+from stockguard.service.idempotency import Answer, Claim, current_claim
 from stockguard.service.reconcile import reconcile
 from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
 from stockguard.service.verify import verify
@@ -62,6 +64,7 @@ from stockguard.store.orders import find_orders
 __all__ = ["router"]
 
 router = APIRouter(route_class=StrictJSONRoute)
+Outcome = TypeVar("Outcome")  # a batched request's outcome
 
 Limit = Annotated[int, Query(ge=1, le=500)]
 CURSOR_DOC = {"pattern": r"^[A-Za-z0-9_-]+$"}
@@ -431,20 +434,33 @@ async def place_order(body: OrderIn, key: Service, b: B, http: Request) -> Respo
     if claim is not None:
         claim.render = _placement_answer
     outcome = await batcher.place(request, actor(key))
+    return _batched_response(claim, outcome, _placement_answer)
+
+
+def _batched_response(
+    claim: Claim | None, outcome: Outcome, render: Callable[[Outcome], Answer]
+) -> Response:
+    """The answer of a request decided in a batch: the bytes stored with the batch's
+    effect when it carried an ``Idempotency-Key``, else rendered now (a refusal raised,
+    for the problem handlers)."""
     if claim is not None and claim.answer is not None:
-        answer = claim.answer  # the bytes stored with the batch's effect
+        answer = claim.answer
     elif isinstance(outcome, StockguardError):
         raise outcome
     else:
-        answer = _placement_answer(outcome)
+        answer = render(outcome)
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+def _refusal(error: StockguardError) -> Answer:
+    refused = from_error(error)
+    return Answer(refused.status_code, PROBLEM, bytes(refused.body))
 
 
 def _placement_answer(outcome: orders.Placed | StockguardError) -> Answer:
     """A batched placement's answer: the order, or the problem of its refusal."""
     if isinstance(outcome, StockguardError):
-        refused = from_error(outcome)
-        return Answer(refused.status_code, PROBLEM, bytes(refused.body))
+        return _refusal(outcome)
     body = json_bytes(order_json(outcome.order))
     return Answer(201 if outcome.created else 200, "application/json", body)
 
@@ -508,12 +524,28 @@ async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Respo
     response_model=None,
     responses=doc.answers({200: doc.Order}, "not_found", "invalid_transition", "cache_unavailable"),
 )
-async def cancel(key: Service, order_id: OrderPath, b: B, body: CancelIn | None = None) -> Response:
+async def cancel(
+    key: Service, order_id: OrderPath, b: B, http: Request, body: CancelIn | None = None
+) -> Response:
     reason = body.reason if body else None
-    return await answered(
-        lambda: orders.cancel_order(b, order_id, actor(key), reason),
-        lambda o: (200, order_json(o)),
-    )
+    batcher: CancelBatcher | None = http.app.state.cancel_batcher
+    if batcher is None:
+        return await answered(
+            lambda: orders.cancel_order(b, order_id, actor(key), reason),
+            lambda o: (200, order_json(o)),
+        )
+    claim = current_claim()
+    if claim is not None:
+        claim.render = _cancel_answer
+    outcome = await batcher.cancel(orders.CancelOrder(order_id, reason), actor(key))
+    return _batched_response(claim, outcome, _cancel_answer)
+
+
+def _cancel_answer(outcome: CancelOutcome) -> Answer:
+    """A batched cancel's answer: the order, or the problem of its refusal."""
+    if isinstance(outcome, StockguardError):
+        return _refusal(outcome)
+    return Answer(200, "application/json", json_bytes(order_json(outcome)))
 
 
 @router.patch(

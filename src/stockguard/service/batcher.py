@@ -1,21 +1,9 @@
-"""Group commit of order placements (DESIGN.md §10 "Group commit on the HTTP path").
-
-Concurrent placements are gathered while the previous batch is in its transaction and
-decided together in one transaction (:func:`stockguard.service.orders.decide_orders`
-inside one :func:`stockguard.service.uow.run`), in arrival order, each all-or-nothing,
-each caller getting its own outcome. There is no fixed wait: a lane that is idle starts a
-batch at once, so a lone request goes alone. Requests are spread over lanes by the hash of
-their smallest SKU, so batches of disjoint SKUs run side by side (a multi-SKU order whose
-SKUs fall in two lanes is still correct: the levels' locks serialise what overlaps).
-
-``Idempotency-Key`` claims (:mod:`stockguard.service.idempotency`) of every request in a
-batch are taken first and their answers stored last, in the batch's own transaction, so a
-crash leaves either the effect with its answer or neither (invariant 15). A key another
-transaction took first answers its caller with that transaction's answer. Two requests
-with the same order id or the same key never share a batch: the later one waits for the
-next, where it finds the first one's result. When a batch fails for a reason that is not
-every request's (anything but a lost connection or an unavailable cache), each of its
-requests is run again alone, so one request cannot take the others down.
+"""Group commit of order placements (DESIGN.md §10 "Group commit on the HTTP path"):
+:class:`stockguard.service.group_commit.GroupCommit` with placements decided by
+:func:`stockguard.service.orders.decide_orders`, each all-or-nothing. Requests are spread
+over lanes by the hash of their smallest SKU, so batches of disjoint SKUs run side by side
+(a multi-SKU order whose SKUs fall in two lanes is still correct: the levels' locks
+serialise what overlaps).
 
 "Sold out costs nothing": after a batch refuses a SKU with nothing available, the next
 buyers of that SKU are first checked against the availability cache, which is at parity
@@ -30,50 +18,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import zlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass
 
 from stockguard.config import CacheMode
-from stockguard.domain.errors import CacheUnavailable, OutOfStock, Shortage, StockguardError
+from stockguard.domain.errors import OutOfStock, Shortage, StockguardError
 from stockguard.logging import get_logger
 from stockguard.service import orders
-from stockguard.service.idempotency import (
-    Answer,
-    Claim,
-    KeyAnswered,
-    claim_keys,
-    current_claim,
-    store_answers,
-)
+from stockguard.service.group_commit import GroupCommit
+from stockguard.service.idempotency import Claim, current_claim
 from stockguard.service.orders import Placed, PlaceOrder
-from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
-from stockguard.store.db import CONNECTION_LOST, LostBeforeCommit
+from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork
 
 __all__ = ["Outcome", "PlacementBatcher"]
 
 log = get_logger(__name__)
 
 Outcome = Placed | StockguardError
-
-# Failures that are every request's, not one request's: running each alone cannot help.
-_SHARED_FAILURES: Final = (CacheUnavailable, LostBeforeCommit, *CONNECTION_LOST)
-
-
-class _RunAlone:
-    """The batch failed for a reason that may be one request's: run this one alone."""
-
-
-_ALONE: Final = _RunAlone()
-
-
-@dataclass
-class _Pending:
-    request: PlaceOrder
-    actor: str
-    claim: Claim | None
-    future: asyncio.Future[Outcome | _RunAlone]
 
 
 @dataclass
@@ -83,40 +44,18 @@ class _Suspect:
     future: asyncio.Future[OutOfStock | None]
 
 
-@dataclass
-class _Decided:
-    outcomes: list[Outcome | None]  # None: the key was answered by another transaction
-    answers: list[Answer | None]
-
-
-@dataclass
-class _Lane:
-    queue: deque[_Pending] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
-
-
-class PlacementBatcher:
+class PlacementBatcher(GroupCommit[PlaceOrder, Outcome]):
     """The one place that batches placements; ``place`` is the whole interface."""
 
+    operation = "place_order_batch"
+
     def __init__(
-        self,
-        backends: Callable[[], Backends],
-        *,
-        max_batch: int = 200,
-        lanes: int = 4,
+        self, backends: Callable[[], Backends], *, max_batch: int = 200, lanes: int = 4
     ) -> None:
-        if max_batch < 1 or lanes < 1:
-            raise ValueError("max_batch and lanes must be at least 1")
-        self._backends = backends
-        self.max_batch = max_batch
-        self._lanes = [_Lane() for _ in range(lanes)]
+        super().__init__(backends, max_batch=max_batch, lanes=lanes)
         self._sold_out: set[str] = set()  # SKUs a batch found with nothing available
         self._suspects: list[_Suspect] = []  # their buyers, waiting for the cache's word
         self._judging: asyncio.Task[None] | None = None
-        # Batches committed, requests decided in them and the largest (tests, the benchmark).
-        self.batches = 0
-        self.decided = 0
-        self.largest = 0
 
     # ------------------------------------------------------------------ the interface
 
@@ -126,28 +65,32 @@ class PlacementBatcher:
         a renderer that takes an :data:`Outcome`), its answer is stored in the batch's
         transaction and left in ``claim.answer``. Raises ``KeyAnswered`` when another
         request with the key committed first."""
-        backends = self._backends()
-        refused = await self._refused_from_cache(backends, request)
+        refused = await self._refused_from_cache(self._backends(), request)
         if refused is not None:
             return refused
-        claim = current_claim()
-        if claim is not None and (claim.render is None or claim.done):
-            claim = None
-        future: asyncio.Future[Outcome | _RunAlone] = asyncio.get_running_loop().create_future()
-        lane = self._lanes[_lane_of(request, len(self._lanes))]
-        lane.queue.append(_Pending(request, actor, claim, future))
-        if lane.task is None:
-            # A context of its own: the batch must not run inside one caller's context.
-            lane.task = asyncio.create_task(self._drain(lane), context=contextvars.Context())
-        outcome = await future
-        if isinstance(outcome, _RunAlone):
-            return await _place_alone(backends, request, actor)
-        return outcome
+        return await self.submit(request, actor)
 
-    async def drain(self) -> None:
-        """Wait until every lane is idle (shutdown, tests)."""
-        while running := [lane.task for lane in self._lanes if lane.task is not None]:
-            await asyncio.gather(*running, return_exceptions=True)
+    # ------------------------------------------------------------------ GroupCommit
+
+    async def decide(self, uow: UnitOfWork, requests: list[PlaceOrder]) -> list[Outcome]:
+        return await orders.decide_orders(uow, requests)
+
+    async def alone(self, backends: Backends, request: PlaceOrder, actor: str) -> Outcome:
+        try:
+            return await orders.place_order(backends, request, actor)
+        except StockguardError as exc:
+            return exc
+
+    def lane_of(self, request: PlaceOrder, lanes: int) -> int:
+        return zlib.crc32(min(sku for sku, _ in request.lines).encode()) % lanes
+
+    def identity(self, request: PlaceOrder) -> str:
+        return request.id
+
+    def decided_batch(self, outcomes: list[Outcome | None]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, OutOfStock):
+                self._sold_out.update(s.sku for s in outcome.shortages if s.available == 0)
 
     # ------------------------------------------------------------------ sold out
 
@@ -229,117 +172,6 @@ class PlacementBatcher:
             fresh = found and s.request.id not in ids and id(s) not in used
             verdicts.append(OutOfStock(found) if fresh else None)
         return verdicts
-
-    def _remember_sold_out(self, outcomes: list[Outcome | None]) -> None:
-        for outcome in outcomes:
-            if isinstance(outcome, OutOfStock):
-                self._sold_out.update(s.sku for s in outcome.shortages if s.available == 0)
-
-    # ------------------------------------------------------------------ batches
-
-    async def _drain(self, lane: _Lane) -> None:
-        try:
-            while lane.queue:
-                batch = _take(lane.queue, self.max_batch)
-                await self._decide(batch)
-        finally:
-            lane.task = None
-
-    async def _decide(self, batch: list[_Pending]) -> None:
-        live = [p for p in batch if not p.future.done()]  # a caller may have gone
-        if not live:
-            return
-        try:
-            decided = await self._run(live)
-        except BaseException as exc:
-            shared = isinstance(exc, _SHARED_FAILURES) or not isinstance(exc, Exception)
-            for p in live:
-                if p.future.done():
-                    continue
-                if len(live) == 1 or shared:
-                    p.future.set_exception(exc)
-                else:
-                    p.future.set_result(_ALONE)
-            if len(live) > 1 and not shared:
-                log.warning("order_batch_failed", size=len(live), error=type(exc).__name__)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self.batches += 1
-        self.decided += len(live)
-        self.largest = max(self.largest, len(live))
-        self._remember_sold_out(decided.outcomes)
-        for p, outcome, answer in zip(live, decided.outcomes, decided.answers, strict=True):
-            if p.claim is not None:
-                p.claim.done = True
-                p.claim.answer = answer
-            if p.future.done():
-                continue
-            if outcome is None:
-                assert p.claim is not None
-                p.future.set_exception(KeyAnswered(p.claim))
-            else:
-                p.future.set_result(outcome)
-
-    async def _run(self, batch: list[_Pending]) -> _Decided:
-        keyed = [(i, p.claim) for i, p in enumerate(batch) if p.claim is not None]
-
-        async def body(uow: UnitOfWork) -> _Decided:
-            taken = await claim_keys(uow.conn, [c for _, c in keyed])
-            elsewhere = {i for (i, _), ok in zip(keyed, taken, strict=True) if not ok}
-            placing = [i for i in range(len(batch)) if i not in elsewhere]
-            results = await orders.decide_orders(uow, [batch[i].request for i in placing])
-            outcomes: list[Outcome | None] = [None] * len(batch)
-            answers: list[Answer | None] = [None] * len(batch)
-            stored: list[tuple[Claim, Answer]] = []
-            for i, outcome in zip(placing, results, strict=True):
-                outcomes[i] = outcome
-                claim = batch[i].claim
-                if claim is not None:
-                    assert claim.render is not None
-                    answer = claim.render(outcome)
-                    answers[i] = answer
-                    stored.append((claim, answer))
-            await store_answers(uow.conn, stored)
-            return _Decided(outcomes, answers)
-
-        return await run(
-            self._backends(), batch[0].actor, body, operation="place_order_batch", answers=False
-        )
-
-
-def _lane_of(request: PlaceOrder, lanes: int) -> int:
-    return zlib.crc32(min(sku for sku, _ in request.lines).encode()) % lanes
-
-
-def _take(queue: deque[_Pending], limit: int) -> list[_Pending]:
-    """Up to ``limit`` requests in arrival order, of the first one's actor (the ledger
-    names one actor per transaction), never two with the same order id or key; the others
-    keep their places for the next batch."""
-    actor = queue[0].actor
-    taken: list[_Pending] = []
-    kept: list[_Pending] = []
-    ids: set[str] = set()
-    keys: set[tuple[str, str]] = set()
-    while queue and len(taken) < limit:
-        p = queue.popleft()
-        key = (p.claim.owner, p.claim.key) if p.claim is not None else None
-        if p.actor != actor or p.request.id in ids or (key is not None and key in keys):
-            kept.append(p)
-            continue
-        ids.add(p.request.id)
-        if key is not None:
-            keys.add(key)
-        taken.append(p)
-    queue.extendleft(reversed(kept))
-    return taken
-
-
-async def _place_alone(backends: Backends, request: PlaceOrder, actor: str) -> Outcome:
-    try:
-        return await orders.place_order(backends, request, actor)
-    except StockguardError as exc:
-        return exc
 
 
 def _cached_shortages(

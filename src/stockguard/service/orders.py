@@ -57,10 +57,12 @@ from stockguard.store.orders import (
 )
 
 __all__ = [
+    "CancelOrder",
     "PaymentProof",
     "PlaceOrder",
     "Placed",
     "cancel_order",
+    "decide_cancels",
     "decide_orders",
     "delete_order",
     "get_order",
@@ -571,10 +573,24 @@ async def move_reservations(
     """Move the order's reservations matching ``which`` to ``to`` and take their units out
     of ``reserved`` (and of ``on_hand`` when ``shipped``), with the ledger. The status in
     ``which`` is the guard: a reservation is moved, and its units given back, only once."""
+    return await move_reservations_of(uow, [order_id], which, to, reason, shipped=shipped)
+
+
+async def move_reservations_of(
+    uow: UnitOfWork,
+    order_ids: Sequence[str],
+    which: str,
+    to: ReservationStatus,
+    reason: MovementReason,
+    *,
+    shipped: bool = False,
+) -> list[asyncpg.Record]:
+    """:func:`move_reservations` for several orders (locked by the caller) at once."""
     rows: list[asyncpg.Record] = await uow.conn.fetch(
         f"UPDATE reservations SET status = $2, updated_at = now() "
-        f"WHERE order_id = $1 AND {which} RETURNING id, sku, location, quantity",
-        order_id,
+        f"WHERE order_id = ANY($1::text[]) AND {which} "
+        f"RETURNING order_id, id, sku, location, quantity",
+        list(order_ids),
         to.value,
     )
     if rows:
@@ -587,7 +603,7 @@ async def move_reservations(
                     -r["quantity"] if shipped else 0,
                     -r["quantity"],
                     reason.value,
-                    order_id,
+                    r["order_id"],
                     r["id"],
                 )
                 for r in rows
@@ -598,26 +614,38 @@ async def move_reservations(
 
 async def restore(uow: UnitOfWork, order: OrderRecord, via: str) -> int:
     """Give back everything the order still holds: exactly once, by the status guard."""
-    released = await move_reservations(
-        uow, order.id, _HELD, ReservationStatus.RELEASED, MovementReason.RELEASE
+    return await restore_all(uow, [order.id], via)
+
+
+async def restore_all(uow: UnitOfWork, order_ids: Sequence[str], via: str) -> int:
+    """:func:`restore` for several orders (locked by the caller); returns the units."""
+    released = await move_reservations_of(
+        uow, order_ids, _HELD, ReservationStatus.RELEASED, MovementReason.RELEASE
     )
     if not released:
         return 0
-    ids = [r["id"] for r in released]
-    units: dict[str, int] = {}
+    held: dict[str, tuple[list[int], dict[str, int]]] = {}
     for r in released:
+        ids, units = held.setdefault(r["order_id"], ([], {}))
+        ids.append(r["id"])
         units[r["sku"]] = units.get(r["sku"], 0) + r["quantity"]
-    await insert_logs(
-        uow.conn,
-        uow.actor,
-        [
-            LogEntry(order.id, LogAction.RELEASED, ids, context={"via": via}),
-            LogEntry(order.id, LogAction.STOCK_RESTORED, ids, context={"via": via, "units": units}),
-        ],
-    )
-    total = sum(units.values())
+    entries: list[LogEntry] = []
+    for order_id in order_ids:
+        if order_id in held:
+            ids, units = held[order_id]
+            restored = {"via": via, "units": units}
+            entries.append(LogEntry(order_id, LogAction.RELEASED, ids, context={"via": via}))
+            entries.append(LogEntry(order_id, LogAction.STOCK_RESTORED, ids, context=restored))
+    await insert_logs(uow.conn, uow.actor, entries)
+    total = sum(int(r["quantity"]) for r in released)
     RESTORED_UNITS.labels(via).inc(total)
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    id: str
+    reason: str | None = None
 
 
 async def cancel_order(
@@ -626,16 +654,56 @@ async def cancel_order(
     """Cancel and restore; cancelling a cancelled order changes nothing."""
 
     async def body(uow: UnitOfWork) -> OrderRecord:
-        order = await _locked(uow, order_id)
-        if order.status == OrderStatus.CANCELLED:
-            return order
-        if order.status not in CANCELLABLE:
-            raise InvalidTransition(order.status.value, OrderStatus.CANCELLED.value)
-        await restore(uow, order, via="cancel")
-        await set_order_status(uow, order, OrderStatus.CANCELLED, cancel_reason=reason)
-        return await _fresh(uow, order_id)
+        (outcome,) = await decide_cancels(uow, [CancelOrder(order_id, reason)])
+        if isinstance(outcome, StockguardError):
+            raise outcome
+        return outcome
 
     return await run(backends, actor, body, operation="cancel_order")
+
+
+async def decide_cancels(
+    uow: UnitOfWork, requests: Sequence[CancelOrder]
+) -> list[OrderRecord | StockguardError]:
+    """Cancel these orders (distinct ids) in the caller's transaction, each on its own:
+    the order as it is afterwards, or why it was not cancelled (nothing changed for it).
+    A cancelled order is answered as it is."""
+    ids = sorted({r.id for r in requests})
+    # Every use case on an order takes the order's row lock before any other (several
+    # orders: in id order); the read that follows sees everything committed before it.
+    await uow.conn.fetch(
+        "SELECT id FROM orders WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids
+    )
+    found = {o.id: o for o in await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", ids)}
+    outcomes: list[OrderRecord | StockguardError | None] = []  # None: being cancelled
+    cancelling: list[CancelOrder] = []
+    for r in requests:
+        order = found.get(r.id)
+        if order is None or order.deleted_at is not None:
+            outcomes.append(NotFound(f"order {r.id} not found"))
+        elif order.status == OrderStatus.CANCELLED:
+            outcomes.append(order)
+        elif order.status not in CANCELLABLE:
+            outcomes.append(InvalidTransition(order.status.value, OrderStatus.CANCELLED.value))
+        else:
+            outcomes.append(None)
+            cancelling.append(r)
+    changing = [r.id for r in cancelling]
+    if not changing:
+        return [o for o in outcomes if o is not None]
+    await restore_all(uow, changing, via="cancel")
+    await uow.conn.execute(
+        "UPDATE orders o SET status = 'cancelled', updated_at = now(), cancel_reason = d.reason "
+        "FROM unnest($1::text[], $2::text[]) AS d(id, reason) WHERE o.id = d.id",
+        changing,
+        [r.reason for r in cancelling],
+    )
+    for r in cancelling:
+        uow.events.order(r.id, STATUS_EVENTS[OrderStatus.CANCELLED], r.reason)
+    after = {o.id: o for o in await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", changing)}
+    for order in after.values():
+        uow.events.known(order)
+    return [after[r.id] if o is None else o for r, o in zip(requests, outcomes, strict=True)]
 
 
 async def delete_order(backends: Backends, order_id: str, actor: str) -> None:
