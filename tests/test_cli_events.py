@@ -98,11 +98,12 @@ def test_tail_follows_new_events_until_interrupted(
     cleanly (exit 0)."""
     import asyncio
     import os
-    import select
+    import queue
     import signal
     import subprocess
     import sys
     import threading
+    import time
 
     env = {
         **os.environ,
@@ -133,13 +134,27 @@ def test_tail_follows_new_events_until_interrupted(
 
     changer = threading.Thread(target=with_backends, args=(servers, make))
     changer.start()
+    # Read every line as it comes: tail also prints the stock changes of earlier tests
+    # that nothing had numbered yet, and a full pipe would block it.
+    lines: queue.Queue[str] = queue.Queue()
+    out = proc.stdout
+    assert out is not None
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+
+    reader = threading.Thread(target=read)
+    reader.start()
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "tail printed nothing in 60 s"
-        event = json.loads(proc.stdout.readline())
-        assert event["type"] == "stock.changed"
-        assert event["data"]["sku"] == sku
+        deadline = time.monotonic() + 60
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "tail printed no change of this test's SKU in 60 s"
+            event = json.loads(lines.get(timeout=remaining))
+            assert event["type"] == "stock.changed"
+            if event["data"]["sku"] == sku:
+                break
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -148,5 +163,5 @@ def test_tail_follows_new_events_until_interrupted(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+        reader.join()
+        out.close()
