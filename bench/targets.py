@@ -97,13 +97,13 @@ class Wrk:
         raw = json.loads(line[len("WRKJSON ") :])
         seconds = raw["duration_us"] / 1e6
         if params.get("QUOTA"):
-            # Until the last answer (whole seconds): a thread whose answer wrk lost runs
-            # on to the duration without counting anything more.
-            seconds = min(seconds, max(1.0, float(raw["answering_s"])))
+            # From the first request to the last answer: a thread whose answer wrk lost
+            # runs on to the duration without counting anything more.
+            seconds = min(seconds, max(1e-3, raw["answering_us"] / 1e6))
         statuses = {int(k): v for k, v in raw["statuses"].items()}
         return {
             "connections": connections,
-            "seconds": round(seconds, 2),
+            "seconds": round(seconds, 3),
             "answered": raw["answered"],
             "per_s": round(raw["answered"] / seconds, 1) if seconds else 0.0,
             "statuses": statuses,

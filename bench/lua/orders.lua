@@ -6,6 +6,18 @@
 local threads = {}
 local counter = 0
 
+-- Microseconds of the wall clock (os.time() has whole seconds only).
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_usec; } sg_timeval;
+int gettimeofday(sg_timeval *tv, void *tz);
+]]
+local tv = ffi.new("sg_timeval")
+local function now_us()
+  ffi.C.gettimeofday(tv, nil)
+  return tonumber(tv.tv_sec) * 1000000 + tonumber(tv.tv_usec)
+end
+
 function setup(thread)
   thread:set("tid", counter)
   counter = counter + 1
@@ -16,8 +28,8 @@ function init(args)
   sent = 0
   answered = 0
   statuses = {}
-  first_s = os.time()
-  last_s = first_s
+  first_us = now_us()
+  last_us = first_us
   math.randomseed(tid * 7919 + 17)
 end
 
@@ -70,7 +82,7 @@ end
 function response(status, hdrs, body)
   if QUOTA > 0 and status == 404 then return end -- a filler
   answered = answered + 1
-  last_s = os.time()
+  last_us = now_us()
   statuses[status] = (statuses[status] or 0) + 1
   if QUOTA > 0 and answered >= QUOTA then wrk.thread:stop() end
 end
@@ -80,7 +92,7 @@ function done(summary, latency, requests)
   local total = 0
   local first, last = nil, 0
   for _, t in ipairs(threads) do
-    local f, l = t:get("first_s"), t:get("last_s")
+    local f, l = t:get("first_us"), t:get("last_us")
     if first == nil or f < first then first = f end
     if l > last then last = l end
     local s = t:get("statuses")
@@ -92,7 +104,7 @@ function done(summary, latency, requests)
   local parts = {}
   for code, n in pairs(agg) do parts[#parts + 1] = string.format('"%d":%d', code, n) end
   io.write(string.format(
-    'WRKJSON {"answering_s":%d,"requests":%d,"answered":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"statuses":{%s}}\n',
+    'WRKJSON {"answering_us":%d,"requests":%d,"answered":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"statuses":{%s}}\n',
     last - first, summary.requests, total, summary.duration, summary.errors.connect, summary.errors.read,
     summary.errors.write, summary.errors.status, summary.errors.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,

@@ -53,6 +53,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/orders": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Orders */
+        get: operations["list_orders"];
+        put?: never;
+        /** Place Order */
+        post: operations["place_order"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orders/{order_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Cancel */
+        post: operations["cancel_order"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/locations/{code}": {
         parameters: {
             query?: never;
@@ -191,24 +226,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/orders": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** List Orders */
-        get: operations["list_orders"];
-        put?: never;
-        /** Place Order */
-        post: operations["place_order"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/orders/{order_id}": {
         parameters: {
             query?: never;
@@ -239,23 +256,6 @@ export interface paths {
         put?: never;
         /** Pay */
         post: operations["pay_order"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/orders/{order_id}/cancel": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Cancel */
-        post: operations["cancel_order"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3169,6 +3169,261 @@ export interface operations {
             };
         };
     };
+    list_orders: {
+        parameters: {
+            query?: {
+                status?: components["schemas"]["OrderStatus"] | null;
+                limit?: number;
+                /** @description the `next` of the previous page (opaque) */
+                after?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK (also the replay of a request done before) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrderPage"];
+                };
+            };
+            /** @description No valid API key: `unauthorized` */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnauthorizedProblem"];
+                };
+            };
+            /** @description Invalid request; nothing changed: `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description The request line and headers are too large: `request_header_fields_too_large` */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RequestHeaderFieldsTooLargeProblem"];
+                };
+            };
+            /** @description Busy or unavailable; nothing changed, retry: `busy` */
+            503: {
+                headers: {
+                    /** @description seconds */
+                    "Retry-After": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["BusyProblem"];
+                };
+            };
+        };
+    };
+    place_order: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Any 1 to 255 characters. The same key and the same request again answer the first answer again (status and body, with `Idempotent-Replayed: true`); the same key with another request is 422 `idempotency_key_reused`. Kept at least 24 h, per API key. */
+                "Idempotency-Key"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrderIn"];
+            };
+        };
+        responses: {
+            /** @description OK (also the replay of a request done before) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Order"];
+                };
+            };
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Order"];
+                };
+            };
+            /** @description No valid API key: `unauthorized` */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnauthorizedProblem"];
+                };
+            };
+            /** @description Refused: the current state does not allow it; nothing changed: `conflict`, `out_of_stock` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ConflictProblem"] | components["schemas"]["OutOfStockProblem"];
+                };
+            };
+            /** @description The request body is too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Invalid request; nothing changed: `idempotency_key_reused`, `unknown_sku`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["UnknownSkuProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description The request line and headers are too large: `request_header_fields_too_large` */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RequestHeaderFieldsTooLargeProblem"];
+                };
+            };
+            /** @description Busy or unavailable; nothing changed, retry: `busy`, `cache_unavailable` */
+            503: {
+                headers: {
+                    /** @description seconds */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["BusyProblem"] | components["schemas"]["CacheUnavailableProblem"];
+                };
+            };
+        };
+    };
+    cancel_order: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Any 1 to 255 characters. The same key and the same request again answer the first answer again (status and body, with `Idempotent-Replayed: true`); the same key with another request is 422 `idempotency_key_reused`. Kept at least 24 h, per API key. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                order_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["CancelIn"] | null;
+            };
+        };
+        responses: {
+            /** @description OK (also the replay of a request done before) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Order"];
+                };
+            };
+            /** @description No valid API key: `unauthorized` */
+            401: {
+                headers: {
+                    /** @description `Bearer` */
+                    "WWW-Authenticate": string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnauthorizedProblem"];
+                };
+            };
+            /** @description Not found: `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Refused: the current state does not allow it; nothing changed: `conflict`, `invalid_transition` */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ConflictProblem"] | components["schemas"]["InvalidTransitionProblem"];
+                };
+            };
+            /** @description The request body is too large: `payload_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Invalid request; nothing changed: `idempotency_key_reused`, `validation_error` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description The request line and headers are too large: `request_header_fields_too_large` */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RequestHeaderFieldsTooLargeProblem"];
+                };
+            };
+            /** @description Busy or unavailable; nothing changed, retry: `busy`, `cache_unavailable` */
+            503: {
+                headers: {
+                    /** @description seconds */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["BusyProblem"] | components["schemas"]["CacheUnavailableProblem"];
+                };
+            };
+        };
+    };
     put_location: {
         parameters: {
             query?: never;
@@ -3989,165 +4244,6 @@ export interface operations {
             };
         };
     };
-    list_orders: {
-        parameters: {
-            query?: {
-                status?: components["schemas"]["OrderStatus"] | null;
-                limit?: number;
-                /** @description the `next` of the previous page (opaque) */
-                after?: string | null;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description OK (also the replay of a request done before) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["OrderPage"];
-                };
-            };
-            /** @description No valid API key: `unauthorized` */
-            401: {
-                headers: {
-                    /** @description `Bearer` */
-                    "WWW-Authenticate": string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["UnauthorizedProblem"];
-                };
-            };
-            /** @description Invalid request; nothing changed: `validation_error` */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["ValidationErrorProblem"];
-                };
-            };
-            /** @description The request line and headers are too large: `request_header_fields_too_large` */
-            431: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["RequestHeaderFieldsTooLargeProblem"];
-                };
-            };
-            /** @description Busy or unavailable; nothing changed, retry: `busy` */
-            503: {
-                headers: {
-                    /** @description seconds */
-                    "Retry-After": string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["BusyProblem"];
-                };
-            };
-        };
-    };
-    place_order: {
-        parameters: {
-            query?: never;
-            header?: {
-                /** @description Any 1 to 255 characters. The same key and the same request again answer the first answer again (status and body, with `Idempotent-Replayed: true`); the same key with another request is 422 `idempotency_key_reused`. Kept at least 24 h, per API key. */
-                "Idempotency-Key"?: string;
-            };
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["OrderIn"];
-            };
-        };
-        responses: {
-            /** @description OK (also the replay of a request done before) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Order"];
-                };
-            };
-            /** @description Created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Order"];
-                };
-            };
-            /** @description No valid API key: `unauthorized` */
-            401: {
-                headers: {
-                    /** @description `Bearer` */
-                    "WWW-Authenticate": string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["UnauthorizedProblem"];
-                };
-            };
-            /** @description Refused: the current state does not allow it; nothing changed: `conflict`, `out_of_stock` */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["ConflictProblem"] | components["schemas"]["OutOfStockProblem"];
-                };
-            };
-            /** @description The request body is too large: `payload_too_large` */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
-                };
-            };
-            /** @description Invalid request; nothing changed: `idempotency_key_reused`, `unknown_sku`, `validation_error` */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["UnknownSkuProblem"] | components["schemas"]["ValidationErrorProblem"];
-                };
-            };
-            /** @description The request line and headers are too large: `request_header_fields_too_large` */
-            431: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["RequestHeaderFieldsTooLargeProblem"];
-                };
-            };
-            /** @description Busy or unavailable; nothing changed, retry: `busy`, `cache_unavailable` */
-            503: {
-                headers: {
-                    /** @description seconds */
-                    "Retry-After"?: string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["BusyProblem"] | components["schemas"]["CacheUnavailableProblem"];
-                };
-            };
-        };
-    };
     get_order: {
         parameters: {
             query?: never;
@@ -4405,102 +4501,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["PaymentIn"];
-            };
-        };
-        responses: {
-            /** @description OK (also the replay of a request done before) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Order"];
-                };
-            };
-            /** @description No valid API key: `unauthorized` */
-            401: {
-                headers: {
-                    /** @description `Bearer` */
-                    "WWW-Authenticate": string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["UnauthorizedProblem"];
-                };
-            };
-            /** @description Not found: `not_found` */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["NotFoundProblem"];
-                };
-            };
-            /** @description Refused: the current state does not allow it; nothing changed: `conflict`, `invalid_transition` */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["ConflictProblem"] | components["schemas"]["InvalidTransitionProblem"];
-                };
-            };
-            /** @description The request body is too large: `payload_too_large` */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
-                };
-            };
-            /** @description Invalid request; nothing changed: `idempotency_key_reused`, `validation_error` */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["ValidationErrorProblem"];
-                };
-            };
-            /** @description The request line and headers are too large: `request_header_fields_too_large` */
-            431: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["RequestHeaderFieldsTooLargeProblem"];
-                };
-            };
-            /** @description Busy or unavailable; nothing changed, retry: `busy`, `cache_unavailable` */
-            503: {
-                headers: {
-                    /** @description seconds */
-                    "Retry-After"?: string;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": components["schemas"]["BusyProblem"] | components["schemas"]["CacheUnavailableProblem"];
-                };
-            };
-        };
-    };
-    cancel_order: {
-        parameters: {
-            query?: never;
-            header?: {
-                /** @description Any 1 to 255 characters. The same key and the same request again answer the first answer again (status and body, with `Idempotent-Replayed: true`); the same key with another request is 422 `idempotency_key_reused`. Kept at least 24 h, per API key. */
-                "Idempotency-Key"?: string;
-            };
-            path: {
-                order_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: {
-            content: {
-                "application/json": components["schemas"]["CancelIn"] | null;
             };
         };
         responses: {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
@@ -12,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from stockguard.api.answers import json_bytes
 from stockguard.domain.errors import StockguardError
 from stockguard.logging import get_logger
 from stockguard.store.db import CONNECTION_LOST
@@ -42,7 +42,7 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
         **extra,
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(json.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+    return Response(json_bytes(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def unavailable() -> Response:
