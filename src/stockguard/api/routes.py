@@ -165,7 +165,7 @@ async def backends(request: Request) -> Backends:
     return b
 
 
-async def principal(request: Request) -> keys.ApiKey:
+def principal(request: Request) -> keys.ApiKey:
     """The key :class:`stockguard.api.auth.Authentication` found for this request."""
     key = api_key_of(request.scope)
     if key is None:
@@ -173,11 +173,14 @@ async def principal(request: Request) -> keys.ApiKey:
     return key
 
 
-async def service_role(key: Annotated[keys.ApiKey, Depends(principal)]) -> keys.ApiKey:
-    return key  # admin and service may both
+# The roles are dependencies of one level (each reads the request itself): FastAPI solves
+# every dependency of every request, and the hot routes pay for each one.
+async def service_role(request: Request) -> keys.ApiKey:
+    return principal(request)  # admin and service may both
 
 
-async def admin_role(key: Annotated[keys.ApiKey, Depends(principal)]) -> keys.ApiKey:
+async def admin_role(request: Request) -> keys.ApiKey:
+    key = principal(request)
     if key.role != "admin":
         raise Forbidden("this needs an admin key")
     return key
@@ -413,7 +416,7 @@ async def get_availability(
         "cache_unavailable",
     ),
 )
-async def place_order(body: OrderIn, key: Service, b: B, http: Request) -> Response:
+async def place_order(body: OrderIn, key: Service, http: Request) -> Response:
     request = orders.PlaceOrder(
         id=body.id or str(uuid.uuid4()),
         lines=tuple((ln.sku, ln.quantity) for ln in body.lines),
@@ -426,6 +429,7 @@ async def place_order(body: OrderIn, key: Service, b: B, http: Request) -> Respo
     )
     batcher: PlacementBatcher | None = http.app.state.batcher
     if batcher is None:
+        b: Backends = http.app.state.backends
         return await answered(
             lambda: orders.place_order(b, request, actor(key)),
             lambda placed: (201 if placed.created else 200, order_json(placed.order)),
@@ -441,12 +445,13 @@ def _batched_response(
     claim: Claim | None, outcome: Outcome, render: Callable[[Outcome], Answer]
 ) -> Response:
     """The answer of a request decided in a batch: the bytes stored with the batch's
-    effect when it carried an ``Idempotency-Key``, else rendered now (a refusal raised,
-    for the problem handlers)."""
+    effect when it carried an ``Idempotency-Key``, else rendered now (a refusal as the
+    problem handler would render it, without raising: a flash sale's sold-out buyers are
+    most of its requests)."""
     if claim is not None and claim.answer is not None:
         answer = claim.answer
     elif isinstance(outcome, StockguardError):
-        raise outcome
+        return from_error(outcome)
     else:
         answer = render(outcome)
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
