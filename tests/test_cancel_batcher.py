@@ -17,6 +17,7 @@ import pytest
 from stockguard.api.app import build_app
 from stockguard.config import Settings
 from stockguard.domain.errors import InvalidTransition, NotFound
+from stockguard.metrics import RESTORED_UNITS
 from stockguard.service.cancel_batcher import CancelBatcher, CancelOutcome
 from stockguard.service.idempotency import Answer, Claim, KeyAnswered, close_claim, open_claim
 from stockguard.service.orders import CancelOrder, Placed, PlaceOrder, place_orders
@@ -187,8 +188,11 @@ async def test_a_cancel_that_breaks_its_batch_is_run_alone(
     reqs = [CancelOrder(i) for i in ids]
     # A reason PostgreSQL cannot store (a NUL character): the batch's update fails whole.
     reqs[2] = CancelOrder(ids[2], "bad\x00reason")
+    counted = RESTORED_UNITS.labels("cancel")._value.get()
     results = await asyncio.gather(*(batcher.cancel(r, "t") for r in reqs), return_exceptions=True)
     assert [isinstance(r, OrderRecord) for r in results] == [True, True, False, True]
+    # Counted once committed: not for the failed batch, once for each cancel run alone.
+    assert RESTORED_UNITS.labels("cancel")._value.get() - counted == 3
     assert not isinstance(results[2], OrderRecord | NotFound | InvalidTransition)
     assert await level(backends.pool, sku, loc) == (10, 1)
     assert await backends.pool.fetchval("SELECT status FROM orders WHERE id = $1", ids[2]) == (

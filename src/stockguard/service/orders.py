@@ -42,7 +42,7 @@ from stockguard.domain.model import (
     check_patch_transition,
 )
 from stockguard.logging import get_logger
-from stockguard.metrics import OUT_OF_STOCK, RESTORED_UNITS
+from stockguard.metrics import OUT_OF_STOCK
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.db import Conn
 from stockguard.store.levels import Delta, LevelRow
@@ -638,7 +638,7 @@ async def restore_all(uow: UnitOfWork, order_ids: Sequence[str], via: str) -> in
             entries.append(LogEntry(order_id, LogAction.STOCK_RESTORED, ids, context=restored))
     await insert_logs(uow.conn, uow.actor, entries)
     total = sum(int(r["quantity"]) for r in released)
-    RESTORED_UNITS.labels(via).inc(total)
+    uow.restored[via] += total
     return total
 
 
@@ -671,10 +671,14 @@ async def decide_cancels(
     ids = sorted({r.id for r in requests})
     # Every use case on an order takes the order's row lock before any other (several
     # orders: in id order); the read that follows sees everything committed before it.
-    await uow.conn.fetch(
+    # Only the orders locked here are read: one committed after the lock statement (a
+    # placement still in flight when its cancel arrived) is not found, as it was not
+    # there when this transaction looked.
+    locked = await uow.conn.fetch(
         "SELECT id FROM orders WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids
     )
-    found = {o.id: o for o in await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", ids)}
+    held = [r["id"] for r in locked]
+    found = {o.id: o for o in await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", held)}
     outcomes: list[OrderRecord | StockguardError | None] = []  # None: being cancelled
     cancelling: list[CancelOrder] = []
     for r in requests:

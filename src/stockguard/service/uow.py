@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,6 +30,7 @@ from stockguard.metrics import (
     COMPENSATION_FAILED,
     EVENTS_WRITTEN,
     OPERATION_SECONDS,
+    RESTORED_UNITS,
 )
 from stockguard.service.idempotency import Answer, claim_key, current_claim, store_answer
 from stockguard.store.db import CONNECTION_LOST, Conn, LostBeforeCommit, retrying
@@ -66,6 +68,9 @@ class UnitOfWork:
     levels: LevelWriter
     actor: str
     events: Outbox = field(default_factory=Outbox)
+    # Units given back, by how (cancel, delete, expiry...): counted once committed, so a
+    # retried or re-run transaction does not count them twice.
+    restored: Counter[str] = field(default_factory=Counter)
 
 
 async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
@@ -218,6 +223,8 @@ async def run(
             claim.answer, claim.done = answer, True
         for event_type, n in uow.events.written.items():
             EVENTS_WRITTEN.labels(event_type).inc(n)
+        for via, n in uow.restored.items():
+            RESTORED_UNITS.labels(via).inc(n)
         return result
 
     with OPERATION_SECONDS.labels(operation).time():
