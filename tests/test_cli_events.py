@@ -113,12 +113,16 @@ def test_tail_follows_new_events_until_interrupted(
     }
     sku, loc = f"CF{uid}", f"w{uid}"
     args = ["events", "tail", "--type", "stock.changed", "--interval", "0.05"]
+    # Ctrl-C as a terminal gives it: whatever an earlier test left this process's SIGINT
+    # handler as (a child inherits an ignored signal), the child starts with the default.
+    inherited = signal.getsignal(signal.SIGINT)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stockguard", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     stop = threading.Event()
 
@@ -156,7 +160,11 @@ def test_tail_follows_new_events_until_interrupted(
             if event["data"]["sku"] == sku:
                 break
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"tail ignored Ctrl-C for 20 s (this process's SIGINT: {inherited})")
+        assert code == 0
     finally:
         stop.set()
         changer.join()
