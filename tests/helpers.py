@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+import httpx
+from fastapi import FastAPI
 
 from stockguard.service.uow import Backends
 
@@ -127,3 +129,14 @@ async def mark_paid(
         provider,
         payment_id or f"m-{order_id}",
     )
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: FastAPI, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app`` in this process (no server), sending ``key``."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://stockguard.test",
+        headers={"Authorization": f"Bearer {key}"},
+    ) as c:
+        yield c

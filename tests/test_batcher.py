@@ -26,7 +26,7 @@ from stockguard.service.orders import Placed, PlaceOrder
 from stockguard.service.uow import Backends
 from stockguard.store import keys
 from tests.conftest import Keys, Stocker
-from tests.helpers import assert_cache_parity, assert_invariants, level, race
+from tests.helpers import app_client, assert_cache_parity, assert_invariants, level, race
 
 pytestmark = pytest.mark.race
 
@@ -39,11 +39,7 @@ async def batched(
     app = build_app(settings.model_copy(update={"order_batching": True}), backends)
     batcher = app.state.batcher
     assert isinstance(batcher, PlacementBatcher)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://stockguard.test",
-        headers={"Authorization": f"Bearer {api_keys.service}"},
-    ) as c:
+    async with app_client(app, api_keys.service) as c:
         yield c, batcher
 
 

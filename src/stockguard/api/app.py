@@ -84,24 +84,11 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         return b
 
     app.state.known_keys = KnownKeys()
-    app.state.batcher = (
-        PlacementBatcher(
-            current_backends,
-            max_batch=settings.order_batch_max,
-            lanes=settings.order_batch_lanes,
-        )
-        if settings.order_batching
-        else None
-    )
-    app.state.cancel_batcher = (
-        CancelBatcher(
-            current_backends,
-            max_batch=settings.order_batch_max,
-            lanes=settings.order_batch_lanes,
-        )
-        if settings.order_batching
-        else None
-    )
+    # Group commit of placements and of cancels (DESIGN.md §10), or neither.
+    batching = {"max_batch": settings.order_batch_max, "lanes": settings.order_batch_lanes}
+    batch = settings.order_batching
+    app.state.batcher = PlacementBatcher(current_backends, **batching) if batch else None
+    app.state.cancel_batcher = CancelBatcher(current_backends, **batching) if batch else None
     install_handlers(app)
     app.include_router(recovery.router)  # before routes: its paths are more specific
     app.include_router(router)
