@@ -21,6 +21,7 @@ from stockguard.api import (
 )
 from stockguard.api.auth import ADMIN, SERVICE, Authentication, KnownKeys
 from stockguard.api.docs import install_docs
+from stockguard.api.fast_lane import install_fast_lanes
 from stockguard.api.headers import HeaderLimit
 from stockguard.api.middleware import BodyLimit, Idempotency, replay_answered
 from stockguard.api.openapi import install_openapi
@@ -99,6 +100,8 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhook_endpoints.router)
     install_docs(app)
+    # The flooded routes first, past FastAPI's request machinery when the input is plain.
+    app.state.fast_lanes = install_fast_lanes(app)
 
     def pool() -> asyncpg.Pool:
         b: Backends = app.state.backends

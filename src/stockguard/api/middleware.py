@@ -23,10 +23,10 @@ from stockguard.service.idempotency import (
 )
 from stockguard.store.db import CONNECTION_LOST
 
-__all__ = ["BodyLimit", "Idempotency", "replay_answered"]
+__all__ = ["BodyLimit", "Idempotency", "read_body", "replay", "replay_answered"]
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole body, or None when it is larger than ``limit``."""
     chunks: list[bytes] = []
     size = 0
@@ -44,7 +44,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def replay(body: bytes) -> Receive:
     sent = False
 
     async def receive() -> Message:
@@ -79,11 +79,11 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(scope, receive, send)
             return
-        body = await _read_body(receive, self.max_bytes)
+        body = await read_body(receive, self.max_bytes)
         if body is None:
             await self._too_large(scope, receive, send)
             return
-        await self.app(scope, _replay(body), send)
+        await self.app(scope, replay(body), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
@@ -122,7 +122,7 @@ class Idempotency:
                 "Idempotency-Key must be 1 to 255 characters",
             )(scope, receive, send)  # fmt: skip
             return
-        body = await _read_body(receive, 1 << 30) or b""
+        body = await read_body(receive, 1 << 30) or b""
         fingerprint = hashlib.sha256(
             b"\0".join([scope["path"].encode(), scope.get("query_string", b""), body])
         ).hexdigest()
@@ -150,7 +150,7 @@ class Idempotency:
 
         token = open_claim(claim)
         try:
-            await self.app(scope, _replay(body), capture)
+            await self.app(scope, replay(body), capture)
         finally:
             close_claim(token)
         status = int(captured["status"])

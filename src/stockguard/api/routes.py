@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from starlette.datastructures import State
 
 from stockguard.api import responses as doc
 from stockguard.api.answers import answered, json_bytes
@@ -61,7 +62,7 @@ from stockguard.service.verify import verify
 from stockguard.store import keys
 from stockguard.store.orders import find_orders
 
-__all__ = ["router"]
+__all__ = ["cancelled", "is_order_id", "placed", "router"]
 
 router = APIRouter(route_class=StrictJSONRoute)
 Outcome = TypeVar("Outcome")  # a batched request's outcome
@@ -146,6 +147,11 @@ async def _code_path(code: CodeParam) -> str:
 
 async def _location_path(location: CodeParam) -> str:
     return _path(location, CODE_PATTERN, "location")
+
+
+def is_order_id(value: str) -> bool:
+    """What ``_order_path`` accepts."""
+    return len(value) <= MAX_CODE and re.fullmatch(ORDER_ID_PATTERN, value) is not None
 
 
 async def _order_path(order_id: SkuParam) -> str:
@@ -417,6 +423,12 @@ async def get_availability(
     ),
 )
 async def place_order(body: OrderIn, key: Service, http: Request) -> Response:
+    return await placed(http.app.state, body, key)
+
+
+async def placed(state: State, body: OrderIn, key: keys.ApiKey) -> Response:
+    """``POST /v1/orders`` once its body and key are known (the route's and the fast
+    lane's, :mod:`stockguard.api.fast_lane`)."""
     request = orders.PlaceOrder(
         id=body.id or str(uuid.uuid4()),
         lines=tuple((ln.sku, ln.quantity) for ln in body.lines),
@@ -427,9 +439,9 @@ async def place_order(body: OrderIn, key: Service, http: Request) -> Response:
         total_amount=body.total_amount,
         currency=body.currency.upper() if body.currency else None,
     )
-    batcher: PlacementBatcher | None = http.app.state.batcher
+    batcher: PlacementBatcher | None = state.batcher
     if batcher is None:
-        b: Backends = http.app.state.backends
+        b: Backends = state.backends
         return await answered(
             lambda: orders.place_order(b, request, actor(key)),
             lambda placed: (201 if placed.created else 200, order_json(placed.order)),
@@ -530,11 +542,20 @@ async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Respo
     responses=doc.answers({200: doc.Order}, "not_found", "invalid_transition", "cache_unavailable"),
 )
 async def cancel(
-    key: Service, order_id: OrderPath, b: B, http: Request, body: CancelIn | None = None
+    key: Service, order_id: OrderPath, http: Request, body: CancelIn | None = None
 ) -> Response:
+    return await cancelled(http.app.state, order_id, body, key)
+
+
+async def cancelled(
+    state: State, order_id: str, body: CancelIn | None, key: keys.ApiKey
+) -> Response:
+    """``POST /v1/orders/{order_id}/cancel`` once its input and key are known (the
+    route's and the fast lane's)."""
     reason = body.reason if body else None
-    batcher: CancelBatcher | None = http.app.state.cancel_batcher
+    batcher: CancelBatcher | None = state.cancel_batcher
     if batcher is None:
+        b: Backends = state.backends
         return await answered(
             lambda: orders.cancel_order(b, order_id, actor(key), reason),
             lambda o: (200, order_json(o)),
