@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -301,7 +302,7 @@ def test_serve_says_what_it_starts_and_names_what_it_uses(
         text = ready_text(ready)
     finally:
         endpoints.close()
-    name = servers.database_url.rsplit("/", 1)[1]
+    name = urlsplit(servers.database_url).path.lstrip("/")  # the test servers' database
     assert f'database:      database "{name}" at ' in text
     assert re.search(r"redis:\s+embedded redis-server at redis://127\.0\.0\.1:\d+/0", text)
     assert f"  data directory: {data} (set STOCKGUARD_DATA_DIR" in text

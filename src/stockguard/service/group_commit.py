@@ -73,6 +73,31 @@ class _Decided(Generic[Out]):
 
 
 @dataclass
+class _InFlight(Generic[R, Out]):
+    """A batch being decided; ``holding`` is set once it holds its levels' locks (or has
+    ended without taking any)."""
+
+    batch: list[_Pending[R, Out]]
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] = field(init=False)
+
+    async def settled(self) -> None:
+        """Until the batch holds its locks or has ended (its failure is raised later, by
+        whoever awaits the task)."""
+        waiting = asyncio.ensure_future(self.holding.wait())
+        try:
+            await asyncio.wait((waiting, self.task), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+
+    def identities(self, identity: Callable[[R], str]) -> set[str]:
+        return {identity(p.request) for p in self.batch}
+
+    def keys(self) -> set[tuple[str, str]]:
+        return {(p.claim.owner, p.claim.key) for p in self.batch if p.claim is not None}
+
+
+@dataclass
 class _Lane(Generic[R, Out]):
     queue: deque[_Pending[R, Out]] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
@@ -148,19 +173,40 @@ class GroupCommit(ABC, Generic[R, Out]):
     # ------------------------------------------------------------------ batches
 
     async def _drain(self, lane: _Lane[R, Out]) -> None:
+        """Batches of the lane, two in flight at most: the next one starts once the last
+        one holds its levels' locks (it queues behind them in PostgreSQL, so it can never
+        be decided first) and the one before that has ended. Its requests share no order
+        or key with the batch still in flight."""
+        ahead: _InFlight[R, Out] | None = None
         try:
-            while lane.queue:
-                batch = self._take(lane.queue)
-                await self._decide(batch)
+            while lane.queue or ahead is not None:
+                batch = self._take(lane.queue, ahead) if lane.queue else []
+                if not batch:  # nothing waiting, or all of it waits for the batch ahead
+                    assert ahead is not None
+                    await ahead.task
+                    ahead = None
+                    continue
+                current = _InFlight(batch)
+                current.task = asyncio.create_task(self._decide(current))
+                await current.settled()
+                if ahead is not None:
+                    await ahead.task
+                ahead = current
         finally:
             lane.task = None
 
-    async def _decide(self, batch: list[_Pending[R, Out]]) -> None:
+    async def _decide(self, flight: _InFlight[R, Out]) -> None:
+        try:
+            await self._decide_batch(flight.batch, flight.holding)
+        finally:
+            flight.holding.set()
+
+    async def _decide_batch(self, batch: list[_Pending[R, Out]], holding: asyncio.Event) -> None:
         live = [p for p in batch if not p.future.done()]  # a caller may have gone
         if not live:
             return
         try:
-            decided = await self._run(live)
+            decided = await self._run(live, holding)
         except BaseException as exc:
             shared = isinstance(exc, _SHARED_FAILURES) or not isinstance(exc, Exception)
             for p in live:
@@ -194,10 +240,11 @@ class GroupCommit(ABC, Generic[R, Out]):
             else:
                 p.future.set_result(outcome)
 
-    async def _run(self, batch: list[_Pending[R, Out]]) -> _Decided[Out]:
+    async def _run(self, batch: list[_Pending[R, Out]], holding: asyncio.Event) -> _Decided[Out]:
         keyed = [(i, p.claim) for i, p in enumerate(batch) if p.claim is not None]
 
         async def body(uow: UnitOfWork) -> _Decided[Out]:
+            uow.levels.on_locked = holding.set
             taken = await claim_keys(uow.conn, [c for _, c in keyed])
             elsewhere = {i for (i, _), ok in zip(keyed, taken, strict=True) if not ok}
             deciding = [i for i in range(len(batch)) if i not in elsewhere]
@@ -220,20 +267,31 @@ class GroupCommit(ABC, Generic[R, Out]):
             self._backends(), batch[0].actor, body, operation=self.operation, answers=False
         )
 
-    def _take(self, queue: deque[_Pending[R, Out]]) -> list[_Pending[R, Out]]:
+    def _take(
+        self, queue: deque[_Pending[R, Out]], ahead: _InFlight[R, Out] | None
+    ) -> list[_Pending[R, Out]]:
         """Up to ``max_batch`` requests in arrival order, of the first one's actor (the
         ledger names one actor per transaction), never two with the same identity or
-        key; the others keep their places for the next batch."""
+        key, none with the identity or key of the batch ``ahead`` while it is in flight;
+        the others keep their places for the next batch."""
         actor = queue[0].actor
         taken: list[_Pending[R, Out]] = []
         kept: list[_Pending[R, Out]] = []
         ids: set[str] = set()
         keys: set[tuple[str, str]] = set()
+        busy = ahead is not None and not ahead.task.done()
+        busy_ids = ahead.identities(self.identity) if busy and ahead else set()
+        busy_keys = ahead.keys() if busy and ahead else set()
         while queue and len(taken) < self.max_batch:
             p = queue.popleft()
             key = (p.claim.owner, p.claim.key) if p.claim is not None else None
             ident = self.identity(p.request)
-            if p.actor != actor or ident in ids or (key is not None and key in keys):
+            if (
+                p.actor != actor
+                or ident in ids
+                or ident in busy_ids
+                or (key is not None and (key in keys or key in busy_keys))
+            ):
                 kept.append(p)
                 continue
             ids.add(ident)

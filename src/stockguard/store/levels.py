@@ -11,7 +11,7 @@ cached total is computed under lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -122,6 +122,8 @@ class LevelWriter:
         # locked it: the "before" of its threshold events. Nothing else can change the
         # SKU's levels while they are locked, so the total at COMMIT is the "after".
         self.before: dict[str, int] = {}
+        # Told once the first levels are locked (group commit starts the next batch).
+        self.on_locked: Callable[[], None] | None = None
 
     async def lock(self, skus: Iterable[str]) -> dict[tuple[str, str], LevelRow]:
         """Lock every level of these SKUs, in (sku, location) order, so no two
@@ -130,6 +132,8 @@ class LevelWriter:
         if not wanted:
             return {}
         rows = await self.conn.fetch(_LOCK_SQL, wanted)
+        if self.on_locked is not None:
+            self.on_locked()
         locked = {(r["sku"], r["location"]): _row(r) for r in rows}
         fresh = [sku for sku in wanted if sku not in self.before]
         if fresh:
