@@ -56,6 +56,9 @@ class Toy(GroupCommit[str, str]):
     def identity(self, request: str) -> str:
         return request.split(":")[0]
 
+    def contends(self, request: str, ahead: list[str]) -> bool:
+        return not request.startswith("free")  # "free:n" locks nothing of the others'
+
     async def until(self, check: Callable[[], bool]) -> None:
         async with asyncio.timeout(10), self.changed:
             await self.changed.wait_for(check)
@@ -146,3 +149,22 @@ async def test_a_batch_that_locks_nothing_lets_the_next_start_when_it_ends(
     await toy.until(lambda: len(toy.locked) == 1)
     toy.gates[0].set()
     assert await second == "done y:1"
+
+
+async def test_a_request_that_contends_with_nothing_ahead_waits_for_the_batch_to_end(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    sku = f"GF{uid}"
+    await stock({sku: {f"w{uid}": 1}})
+    toy = Toy(backends, sku)
+    first = asyncio.create_task(toy.submit("a:1", "t"))
+    await toy.until(lambda: len(toy.locked) == 1)
+    second = asyncio.create_task(toy.submit("free:1", "t"))
+    await asyncio.sleep(0.05)  # a lane that started it early would have by now
+    assert len(toy.started) == 1
+    toy.gates[0].set()
+    assert await first == "done a:1"
+    await toy.until(lambda: len(toy.locked) == 2)
+    toy.gates[1].set()
+    assert await second == "done free:1"
+    assert toy.started == [["a:1"], ["free:1"]]

@@ -87,6 +87,11 @@ class PlacementBatcher(GroupCommit[PlaceOrder, Outcome]):
     def identity(self, request: PlaceOrder) -> str:
         return request.id
 
+    def contends(self, request: PlaceOrder, ahead: list[PlaceOrder]) -> bool:
+        """A SKU of the batch ahead: a hot SKU's batches overlap."""
+        skus = {sku for sku, _ in request.lines}
+        return any(sku in skus for r in ahead for sku, _ in r.lines)
+
     def decided_batch(self, outcomes: list[Outcome | None]) -> None:
         for outcome in outcomes:
             if isinstance(outcome, OutOfStock):

@@ -90,6 +90,9 @@ class _InFlight(Generic[R, Out]):
         finally:
             waiting.cancel()
 
+    def requests(self) -> list[R]:
+        return [p.request for p in self.batch]
+
     def identities(self, identity: Callable[[R], str]) -> set[str]:
         return {identity(p.request) for p in self.batch}
 
@@ -141,6 +144,11 @@ class GroupCommit(ABC, Generic[R, Out]):
     def identity(self, request: R) -> str:
         """Requests with the same identity never share a batch."""
 
+    def contends(self, request: R, ahead: list[R]) -> bool:
+        """Whether ``request`` would wait for locks the requests ``ahead`` take (then its
+        batch may start while theirs holds them); by default it would not."""
+        return False
+
     def decided_batch(self, outcomes: list[Out | None]) -> None:
         """Called with a committed batch's outcomes (the placements learn from them)."""
 
@@ -173,15 +181,24 @@ class GroupCommit(ABC, Generic[R, Out]):
     # ------------------------------------------------------------------ batches
 
     async def _drain(self, lane: _Lane[R, Out]) -> None:
-        """Batches of the lane, two in flight at most: the next one starts once the last
-        one holds its levels' locks (it queues behind them in PostgreSQL, so it can never
-        be decided first) and the one before that has ended. Its requests share no order
-        or key with the batch still in flight."""
+        """Batches of the lane. When the request at the head of the queue would wait for
+        the batch ahead's locks anyway (:meth:`contends`: a hot SKU), the next batch starts
+        once the batch ahead holds them: it queues behind them in PostgreSQL, so it is
+        never decided first, and its work before the lock and the one ahead's commit
+        overlap. Otherwise the next batch waits for the one ahead to end, and batches stay
+        large on a busy machine. Two in flight at most; the second shares no order or key
+        with the first."""
         ahead: _InFlight[R, Out] | None = None
         try:
             while lane.queue or ahead is not None:
-                batch = self._take(lane.queue, ahead) if lane.queue else []
-                if not batch:  # nothing waiting, or all of it waits for the batch ahead
+                if ahead is not None and not (
+                    lane.queue and self.contends(lane.queue[0].request, ahead.requests())
+                ):
+                    await ahead.task
+                    ahead = None
+                    continue
+                batch = self._take(lane.queue, ahead)
+                if not batch:  # all of it waits for the batch ahead (an order or key)
                     assert ahead is not None
                     await ahead.task
                     ahead = None
