@@ -12,7 +12,8 @@ import pytest
 from stockguard.domain.errors import InsufficientStock, OutOfStock, ValidationFailed
 from stockguard.service import catalogue, orders
 from stockguard.service.orders import PlaceOrder
-from stockguard.service.uow import Backends
+from stockguard.service.uow import Backends, UnitOfWork, run
+from stockguard.store.levels import Delta, LevelGuardViolated
 from tests.conftest import Stocker
 from tests.helpers import assert_cache_parity, assert_invariants, race
 
@@ -245,3 +246,32 @@ async def test_marking_units_unavailable_racing_reservations_never_oversells(
         assert unavailable == (3 if damaged else 0)
         assert reserved + unavailable <= on_hand
     await assert_invariants(backends.pool)
+
+
+async def test_a_level_guard_that_fails_writes_neither_the_level_nor_its_ledger(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """LevelWriter.apply's guard (the level update and its ledger rows are one statement):
+    a delta that would take reserved below zero matches no level, raises, and the
+    transaction keeps nothing, not even the other level's change or any ledger row."""
+    sku, a, b = f"GV{uid}", f"a{uid}", f"b{uid}"
+    await stock({sku: {a: 5, b: 5}})
+    before = await backends.pool.fetchval(
+        "SELECT count(*) FROM stock_movements WHERE sku = $1", sku
+    )
+
+    async def body(uow: UnitOfWork) -> None:
+        await uow.levels.lock([sku])
+        await uow.levels.apply(
+            [
+                Delta(sku=sku, location=a, on_hand=2, reserved=0, reason="received"),
+                Delta(sku=sku, location=b, on_hand=0, reserved=-1, reason="release"),
+            ]
+        )
+
+    with pytest.raises(LevelGuardViolated, match="matched 1 of 2 levels"):
+        await run(backends, "t", body, operation="test")
+    assert await _level(backends, sku, a) == (5, 0, 0, 0)
+    assert await _level(backends, sku, b) == (5, 0, 0, 0)
+    after = await backends.pool.fetchval("SELECT count(*) FROM stock_movements WHERE sku = $1", sku)
+    assert after == before

@@ -70,31 +70,36 @@ ORDER BY l.sku, l.location
 FOR UPDATE OF l
 """
 
+# The guarded level update and its ledger rows in one statement (one round trip while
+# the levels are locked); a guard that fails matches fewer levels than it was given, and
+# the caller's transaction rolls back, ledger rows included.
 _APPLY_SQL = """
-UPDATE inventory_levels l
-SET on_hand = l.on_hand + d.on_hand,
-    reserved = l.reserved + d.reserved,
-    unavailable = l.unavailable + d.unavailable,
-    updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $6::bigint[])
-     AS d(sku, location, on_hand, reserved, unavailable)
-WHERE l.sku = d.sku AND l.location = d.location
-  AND l.reserved + d.reserved >= 0
-  AND l.unavailable + d.unavailable >= 0
-  AND l.on_hand + d.on_hand >= l.reserved + d.reserved + l.unavailable + d.unavailable
-  AND l.sku = ANY($5::text[])
-"""
-
-_LEDGER_SQL = """
-INSERT INTO stock_movements
-    (sku, location, on_hand_delta, reserved_delta, unavailable_delta, reason, order_id,
-     reservation_id, actor, reference)
-SELECT d.sku, d.location, d.on_hand, d.reserved, d.unavailable, d.reason, d.order_id,
-       d.reservation_id, $9, d.reference
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-            $7::bigint[], $8::text[], $10::bigint[])
-     AS d(sku, location, on_hand, reserved, reason, order_id, reservation_id, reference,
-          unavailable)
+WITH changed AS (
+    UPDATE inventory_levels l
+    SET on_hand = l.on_hand + d.on_hand,
+        reserved = l.reserved + d.reserved,
+        unavailable = l.unavailable + d.unavailable,
+        updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $6::bigint[])
+         AS d(sku, location, on_hand, reserved, unavailable)
+    WHERE l.sku = d.sku AND l.location = d.location
+      AND l.reserved + d.reserved >= 0
+      AND l.unavailable + d.unavailable >= 0
+      AND l.on_hand + d.on_hand >= l.reserved + d.reserved + l.unavailable + d.unavailable
+      AND l.sku = ANY($5::text[])
+    RETURNING 1
+), ledger AS (
+    INSERT INTO stock_movements
+        (sku, location, on_hand_delta, reserved_delta, unavailable_delta, reason, order_id,
+         reservation_id, actor, reference)
+    SELECT m.sku, m.location, m.on_hand, m.reserved, m.unavailable, m.reason, m.order_id,
+           m.reservation_id, $15, m.reference
+    FROM unnest($7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[],
+                $12::text[], $13::bigint[], $14::text[], $16::bigint[])
+         AS m(sku, location, on_hand, reserved, reason, order_id, reservation_id, reference,
+              unavailable)
+)
+SELECT count(*) FROM changed
 """
 
 
@@ -197,7 +202,7 @@ class LevelWriter:
             acc[2] += d.unavailable
         keys = sorted(summed)
         skus = sorted({k[0] for k in keys})
-        result = await self.conn.execute(
+        updated = await self.conn.fetchval(
             _APPLY_SQL,
             [k[0] for k in keys],
             [k[1] for k in keys],
@@ -205,14 +210,6 @@ class LevelWriter:
             [summed[k][1] for k in keys],
             skus,
             [summed[k][2] for k in keys],
-        )
-        updated = int(result.rsplit(" ", 1)[-1])
-        if updated != len(keys):
-            raise LevelGuardViolated(
-                f"guarded level update matched {updated} of {len(keys)} levels"
-            )
-        await self.conn.execute(
-            _LEDGER_SQL,
             [d.sku for d in deltas],
             [d.location for d in deltas],
             [d.on_hand for d in deltas],
@@ -224,6 +221,10 @@ class LevelWriter:
             self.actor,
             [d.unavailable for d in deltas],
         )
+        if updated != len(keys):
+            raise LevelGuardViolated(
+                f"guarded level update matched {updated} of {len(keys)} levels"
+            )
         self.touched.update(skus)
 
     async def set_safety_stock(self, sku: str, location: str, safety_stock: int) -> None:
