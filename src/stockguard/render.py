@@ -20,7 +20,9 @@ def ts(value: datetime | None) -> str | None:
     """RFC 3339 UTC."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # what the database gives is UTC already
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def return_json(r: ReturnRecord) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
+import orjson
 
 from stockguard.domain.allocation import Allocation, Candidate, Line, allocate, rank_candidates
 from stockguard.domain.errors import (
@@ -127,10 +128,15 @@ class PaymentProof:
 @dataclass
 class _Decision:
     req: PlaceOrder
+    # The content's fingerprint, taken before any lock (it is the same for every try).
+    digest: str = field(init=False)
     allocations: list[Allocation] = field(default_factory=list)
     order: OrderRecord | None = None
     created: bool = False
     error: StockguardError | None = None
+
+    def __post_init__(self) -> None:
+        self.digest = order_hash(self.req)
 
 
 async def _channel_links(conn: Conn, channels: set[str]) -> dict[str, dict[str, int]]:
@@ -320,7 +326,7 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     for d in decisions:
         found = existing.get(d.req.id)
         if found is not None:
-            if found.request_hash != order_hash(d.req) or found.deleted_at is not None:
+            if found.request_hash != d.digest or found.deleted_at is not None:
                 d.error = Conflict(f"order {d.req.id} exists with other content")
             else:
                 d.order = found
@@ -369,12 +375,12 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
         _INSERT_ORDERS_SQL,
         [d.req.id for d in winners],
         [d.req.channel for d in winners],
-        [json.dumps(list(d.req.preferred_locations)) for d in winners],
+        [orjson.dumps(d.req.preferred_locations).decode() for d in winners],
         [d.req.allow_split for d in winners],
         [d.req.reservation_ttl_seconds for d in winners],
         [d.req.total_amount for d in winners],
         [d.req.currency for d in winners],
-        [order_hash(d.req) for d in winners],
+        [d.digest for d in winners],
         [
             {"order_id": d.req.id, "line_no": i, "sku": sku, "quantity": q}
             for d in winners
@@ -427,12 +433,14 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     )
     for d in winners:
         d.created = True
-        d.order = _new_order(d.req, now, reservations[d.req.id])
+        d.order = _new_order(d.req, d.digest, now, reservations[d.req.id])
         uow.events.order(d.req.id, "order.placed", record=d.order)
     return decisions
 
 
-def _new_order(req: PlaceOrder, now: datetime, held: list[ReservationRecord]) -> OrderRecord:
+def _new_order(
+    req: PlaceOrder, digest: str, now: datetime, held: list[ReservationRecord]
+) -> OrderRecord:
     """The order just inserted, built from what was written (no second read)."""
     return OrderRecord(
         id=req.id,
@@ -448,7 +456,7 @@ def _new_order(req: PlaceOrder, now: datetime, held: list[ReservationRecord]) ->
         payment_amount=None,
         payment_currency=None,
         paid_at=None,
-        request_hash=order_hash(req),
+        request_hash=digest,
         cancel_reason=None,
         created_at=now,
         updated_at=now,

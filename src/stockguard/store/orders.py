@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from stockguard.domain.model import LogAction, OrderStatus, ReservationStatus, is_fully_committed
 from stockguard.store.db import Conn
@@ -213,7 +213,7 @@ async def insert_logs(conn: Conn, actor: str, entries: Sequence[LogEntry]) -> li
         RETURNING id
         """,
         [e.order_id for e in entries],
-        [json.dumps(list(e.reservation_ids)) for e in entries],
+        [orjson.dumps(list(e.reservation_ids)).decode() for e in entries],
         [e.action.value for e in entries],
         [e.error_reason for e in entries],
         [e.context for e in entries],
