@@ -46,7 +46,7 @@ from stockguard.logging import get_logger
 from stockguard.metrics import OUT_OF_STOCK
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.db import Conn
-from stockguard.store.levels import Delta, LevelRow
+from stockguard.store.levels import Delta, LevelRow, guarded_update, summed
 from stockguard.store.orders import (
     LogEntry,
     OrderRecord,
@@ -232,7 +232,22 @@ async def _reserve(
     return out
 
 
-_INSERT_ORDERS_SQL = """
+_INSERT_RESERVATIONS_SQL = """
+INSERT INTO reservations (order_id, line_no, sku, location, quantity, status, expires_at,
+                          created_at, updated_at)
+SELECT d.order_id, d.line_no, d.sku, d.location, d.quantity, 'reserved', d.expires_at, $7, $7
+FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::timestamptz[])
+     WITH ORDINALITY AS d(order_id, line_no, sku, location, quantity, expires_at, n)
+ORDER BY d.n
+RETURNING id, order_id, line_no, sku, location, quantity, expires_at
+"""
+
+
+# A batch's placements in one statement, while their levels are locked: the orders and
+# their lines, their reservations, the levels' guarded update and the ledger rows, the
+# logs (each order's reservation ids in insertion order). Answers the reservations and
+# how many levels the guard matched.
+_PLACE_SQL = f"""
 WITH o AS (
     INSERT INTO orders (id, status, channel, preferred_locations, allow_split,
                         reservation_ttl_seconds, total_amount, currency, request_hash,
@@ -249,18 +264,34 @@ WITH o AS (
     SELECT x.order_id, x.line_no, x.sku, x.quantity
     FROM jsonb_to_recordset($9::jsonb) AS x(order_id text, line_no int, sku text, quantity int)
     RETURNING 1
+), r AS (
+    INSERT INTO reservations (order_id, line_no, sku, location, quantity, status,
+                              expires_at, created_at, updated_at)
+    SELECT d.order_id, d.line_no, d.sku, d.location, d.quantity, 'reserved', d.expires_at,
+           $10, $10
+    FROM unnest($11::text[], $12::int[], $13::text[], $14::text[], $15::int[],
+                $16::timestamptz[])
+         WITH ORDINALITY AS d(order_id, line_no, sku, location, quantity, expires_at, n)
+    ORDER BY d.n
+    RETURNING id, order_id, line_no, sku, location, quantity, expires_at
+), changed AS ({guarded_update(17)}
+), ledger AS (
+    INSERT INTO stock_movements (sku, location, on_hand_delta, reserved_delta,
+                                 unavailable_delta, reason, order_id, reservation_id, actor)
+    SELECT r.sku, r.location, 0, r.quantity, 0, $26, r.order_id, r.id, $23
+    FROM r ORDER BY r.id
+), logs AS (
+    INSERT INTO order_inventory_logs (order_id, actor, reservation_ids, action, context)
+    SELECT e.order_id, $23,
+           ARRAY(SELECT r.id FROM r WHERE r.order_id = e.order_id ORDER BY r.id),
+           $27, e.context
+    FROM unnest($24::text[], $25::jsonb[]) WITH ORDINALITY AS e(order_id, context, n)
+    ORDER BY e.n
 )
-SELECT (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM l) AS lines
-"""
-
-_INSERT_RESERVATIONS_SQL = """
-INSERT INTO reservations (order_id, line_no, sku, location, quantity, status, expires_at,
-                          created_at, updated_at)
-SELECT d.order_id, d.line_no, d.sku, d.location, d.quantity, 'reserved', d.expires_at, $7, $7
-FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::timestamptz[])
-     WITH ORDINALITY AS d(order_id, line_no, sku, location, quantity, expires_at, n)
-ORDER BY d.n
-RETURNING id, order_id, line_no, sku, location, quantity, expires_at
+SELECT r.id, r.order_id, r.line_no, r.sku, r.location, r.quantity, r.expires_at,
+       (SELECT count(*) FROM changed) AS levels_matched,
+       (SELECT count(*) FROM o) AS orders, (SELECT count(*) FROM l) AS lines
+FROM r ORDER BY r.id
 """
 
 
@@ -298,6 +329,60 @@ async def _insert_reservations(
         ]
     )
     return inserted
+
+
+async def _write_placements(
+    uow: UnitOfWork, winners: Sequence[_Decision], now: datetime
+) -> list[asyncpg.Record]:
+    """Write the placed orders (``_PLACE_SQL``, one round trip); returns their
+    reservations in insertion order."""
+    held = [
+        (d.req.id, a, now + timedelta(seconds=d.req.reservation_ttl_seconds))
+        for d in winners
+        for a in d.allocations
+    ]
+    levels = summed(
+        [Delta(a.sku, a.location, 0, a.quantity, MovementReason.RESERVE.value) for _, a, _ in held]
+    )
+    rows: list[asyncpg.Record] = await uow.conn.fetch(
+        _PLACE_SQL,
+        [d.req.id for d in winners],
+        [d.req.channel for d in winners],
+        [orjson.dumps(d.req.preferred_locations).decode() for d in winners],
+        [d.req.allow_split for d in winners],
+        [d.req.reservation_ttl_seconds for d in winners],
+        [d.req.total_amount for d in winners],
+        [d.req.currency for d in winners],
+        [d.digest for d in winners],
+        [
+            {"order_id": d.req.id, "line_no": i, "sku": sku, "quantity": q}
+            for d in winners
+            for i, (sku, q) in enumerate(d.req.lines, 1)
+        ],
+        now,
+        [h[0] for h in held],
+        [h[1].line_no for h in held],
+        [h[1].sku for h in held],
+        [h[1].location for h in held],
+        [h[1].quantity for h in held],
+        [h[2] for h in held],
+        *levels.args,
+        uow.actor,
+        [d.req.id for d in winners],
+        [
+            {
+                "allocations": [
+                    {"sku": a.sku, "location": a.location, "quantity": a.quantity}
+                    for a in d.allocations
+                ]
+            }
+            for d in winners
+        ],
+        MovementReason.RESERVE.value,
+        LogAction.RESERVED.value,
+    )
+    uow.levels.changed(levels, rows[0]["levels_matched"] if rows else 0)
+    return rows
 
 
 def _lines(decisions: Sequence[_Decision]) -> list[tuple[PlaceOrder, list[Line]]]:
@@ -371,37 +456,9 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
     if not winners:
         return decisions
 
-    await conn.execute(
-        _INSERT_ORDERS_SQL,
-        [d.req.id for d in winners],
-        [d.req.channel for d in winners],
-        [orjson.dumps(d.req.preferred_locations).decode() for d in winners],
-        [d.req.allow_split for d in winners],
-        [d.req.reservation_ttl_seconds for d in winners],
-        [d.req.total_amount for d in winners],
-        [d.req.currency for d in winners],
-        [d.digest for d in winners],
-        [
-            {"order_id": d.req.id, "line_no": i, "sku": sku, "quantity": q}
-            for d in winners
-            for i, (sku, q) in enumerate(d.req.lines, 1)
-        ],
-        now,
-    )
-    inserted = await _insert_reservations(
-        uow,
-        [
-            (d.req.id, a, now + timedelta(seconds=d.req.reservation_ttl_seconds))
-            for d in winners
-            for a in d.allocations
-        ],
-        now,
-        MovementReason.RESERVE,
-    )
-    ids_by_order: dict[str, list[int]] = {}
+    inserted = await _write_placements(uow, winners, now)
     reservations: dict[str, list[ReservationRecord]] = {}
     for r in inserted:
-        ids_by_order.setdefault(r["order_id"], []).append(r["id"])
         reservations.setdefault(r["order_id"], []).append(
             ReservationRecord(
                 id=r["id"],
@@ -413,24 +470,6 @@ async def _place(uow: UnitOfWork, requests: Sequence[PlaceOrder]) -> list[_Decis
                 expires_at=r["expires_at"],
             )
         )
-    await insert_logs(
-        conn,
-        uow.actor,
-        [
-            LogEntry(
-                d.req.id,
-                LogAction.RESERVED,
-                ids_by_order[d.req.id],
-                context={
-                    "allocations": [
-                        {"sku": a.sku, "location": a.location, "quantity": a.quantity}
-                        for a in d.allocations
-                    ]
-                },
-            )
-            for d in winners
-        ],
-    )
     for d in winners:
         d.created = True
         d.order = _new_order(d.req, d.digest, now, reservations[d.req.id])

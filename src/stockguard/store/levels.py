@@ -13,13 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
 from stockguard.domain.model import available
 from stockguard.store.db import Conn
 
-__all__ = ["AVAILABLE_SQL", "Delta", "LevelGuardViolated", "LevelRow", "LevelWriter"]
+__all__ = [
+    "AVAILABLE_SQL",
+    "Delta",
+    "LevelGuardViolated",
+    "LevelRow",
+    "LevelWriter",
+    "Summed",
+    "guarded_update",
+    "summed",
+]
 
 # domain.model.available in SQL, over ``inventory_levels l``: the one formula PostgreSQL,
 # Redis, the availability reads and the events all use.
@@ -70,24 +80,32 @@ ORDER BY l.sku, l.location
 FOR UPDATE OF l
 """
 
-# The guarded level update and its ledger rows in one statement (one round trip while
-# the levels are locked); a guard that fails matches fewer levels than it was given, and
-# the caller's transaction rolls back, ledger rows included.
-_APPLY_SQL = """
-WITH changed AS (
+
+def guarded_update(p: int) -> str:
+    """The guarded level update, to be a statement's ``WITH changed AS (...)``; its
+    parameters, numbered from ``$p``, are :attr:`Summed.args`. A guard that fails matches
+    fewer levels than it was given (:meth:`LevelWriter.changed` then raises, and the
+    caller's transaction rolls back with everything the statement wrote)."""
+    return f"""
     UPDATE inventory_levels l
     SET on_hand = l.on_hand + d.on_hand,
         reserved = l.reserved + d.reserved,
         unavailable = l.unavailable + d.unavailable,
         updated_at = now()
-    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $6::bigint[])
-         AS d(sku, location, on_hand, reserved, unavailable)
+    FROM unnest(${p}::text[], ${p + 1}::text[], ${p + 2}::bigint[], ${p + 3}::bigint[],
+                ${p + 5}::bigint[]) AS d(sku, location, on_hand, reserved, unavailable)
     WHERE l.sku = d.sku AND l.location = d.location
       AND l.reserved + d.reserved >= 0
       AND l.unavailable + d.unavailable >= 0
       AND l.on_hand + d.on_hand >= l.reserved + d.reserved + l.unavailable + d.unavailable
-      AND l.sku = ANY($5::text[])
-    RETURNING 1
+      AND l.sku = ANY(${p + 4}::text[])
+    RETURNING 1"""
+
+
+# The level update and its ledger rows in one statement (one round trip while the levels
+# are locked).
+_APPLY_SQL = f"""
+WITH changed AS ({guarded_update(1)}
 ), ledger AS (
     INSERT INTO stock_movements
         (sku, location, on_hand_delta, reserved_delta, unavailable_delta, reason, order_id,
@@ -101,6 +119,35 @@ WITH changed AS (
 )
 SELECT count(*) FROM changed
 """
+
+
+@dataclass(frozen=True)
+class Summed:
+    """Deltas summed per level, as :func:`guarded_update`'s parameters."""
+
+    args: list[list[Any]]
+    levels: int
+    skus: list[str]
+
+
+def summed(deltas: Sequence[Delta]) -> Summed:
+    per_level: dict[tuple[str, str], list[int]] = {}
+    for d in deltas:
+        acc = per_level.setdefault((d.sku, d.location), [0, 0, 0])
+        acc[0] += d.on_hand
+        acc[1] += d.reserved
+        acc[2] += d.unavailable
+    keys = sorted(per_level)
+    skus = sorted({k[0] for k in keys})
+    args: list[list[Any]] = [
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [per_level[k][0] for k in keys],
+        [per_level[k][1] for k in keys],
+        skus,
+        [per_level[k][2] for k in keys],
+    ]
+    return Summed(args, len(keys), skus)
 
 
 def _row(r: asyncpg.Record) -> LevelRow:
@@ -194,22 +241,10 @@ class LevelWriter:
         deltas = [d for d in deltas if d.on_hand or d.reserved or d.unavailable]
         if not deltas:
             return
-        summed: dict[tuple[str, str], list[int]] = {}
-        for d in deltas:
-            acc = summed.setdefault((d.sku, d.location), [0, 0, 0])
-            acc[0] += d.on_hand
-            acc[1] += d.reserved
-            acc[2] += d.unavailable
-        keys = sorted(summed)
-        skus = sorted({k[0] for k in keys})
+        levels = summed(deltas)
         updated = await self.conn.fetchval(
             _APPLY_SQL,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [summed[k][0] for k in keys],
-            [summed[k][1] for k in keys],
-            skus,
-            [summed[k][2] for k in keys],
+            *levels.args,
             [d.sku for d in deltas],
             [d.location for d in deltas],
             [d.on_hand for d in deltas],
@@ -221,11 +256,17 @@ class LevelWriter:
             self.actor,
             [d.unavailable for d in deltas],
         )
-        if updated != len(keys):
+        self.changed(levels, updated)
+
+    def changed(self, levels: Summed, updated: int) -> None:
+        """After a statement with :func:`guarded_update` (``updated``: the levels it
+        matched): raises LevelGuardViolated unless it matched every level; the SKUs
+        count as touched."""
+        if updated != levels.levels:
             raise LevelGuardViolated(
-                f"guarded level update matched {updated} of {len(keys)} levels"
+                f"guarded level update matched {updated} of {levels.levels} levels"
             )
-        self.touched.update(skus)
+        self.touched.update(levels.skus)
 
     async def set_safety_stock(self, sku: str, location: str, safety_stock: int) -> None:
         """Units kept back from sale by policy: no unit moves (no ledger row), but what is
