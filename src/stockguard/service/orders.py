@@ -46,7 +46,14 @@ from stockguard.logging import get_logger
 from stockguard.metrics import OUT_OF_STOCK
 from stockguard.service.uow import Backends, UnitOfWork, run
 from stockguard.store.db import Conn
-from stockguard.store.levels import Delta, LevelRow, guarded_update, summed
+from stockguard.store.levels import (
+    ALSO_FROM,
+    APPLY_ACTOR,
+    Delta,
+    LevelRow,
+    guarded_update,
+    summed,
+)
 from stockguard.store.orders import (
     LogEntry,
     OrderRecord,
@@ -671,6 +678,17 @@ async def restore_all(uow: UnitOfWork, order_ids: Sequence[str], via: str) -> in
     )
     if not released:
         return 0
+    entries, total = _restored(order_ids, released, via)
+    await insert_logs(uow.conn, uow.actor, entries)
+    uow.restored[via] += total
+    return total
+
+
+def _restored(
+    order_ids: Sequence[str], released: Sequence[asyncpg.Record], via: str
+) -> tuple[list[LogEntry], int]:
+    """The logs of reservations given back (RELEASED and STOCK_RESTORED per order, in the
+    orders' order) and how many units came back."""
     held: dict[str, tuple[list[int], dict[str, int]]] = {}
     for r in released:
         ids, units = held.setdefault(r["order_id"], ([], {}))
@@ -683,10 +701,25 @@ async def restore_all(uow: UnitOfWork, order_ids: Sequence[str], via: str) -> in
             restored = {"via": via, "units": units}
             entries.append(LogEntry(order_id, LogAction.RELEASED, ids, context={"via": via}))
             entries.append(LogEntry(order_id, LogAction.STOCK_RESTORED, ids, context=restored))
-    await insert_logs(uow.conn, uow.actor, entries)
-    total = sum(int(r["quantity"]) for r in released)
-    uow.restored[via] += total
-    return total
+    return entries, sum(int(r["quantity"]) for r in released)
+
+
+# Written with the levels' update and its ledger (LevelWriter.apply's ``also``): the logs
+# of what came back and the orders' new status, one round trip while the levels are locked.
+_CANCEL_ALSO = f"""
+, logs AS (
+    INSERT INTO order_inventory_logs (order_id, actor, reservation_ids, action, context)
+    SELECT e.order_id, {APPLY_ACTOR},
+           ARRAY(SELECT jsonb_array_elements_text(e.ids::jsonb)::bigint), e.action, e.context
+    FROM unnest(${ALSO_FROM}::text[], ${ALSO_FROM + 1}::text[], ${ALSO_FROM + 2}::text[],
+                ${ALSO_FROM + 3}::jsonb[])
+         WITH ORDINALITY AS e(order_id, ids, action, context, n)
+    ORDER BY e.n
+), cancelled AS (
+    UPDATE orders o SET status = 'cancelled', updated_at = now(), cancel_reason = d.reason
+    FROM unnest(${ALSO_FROM + 4}::text[], ${ALSO_FROM + 5}::text[]) AS d(id, reason)
+    WHERE o.id = d.id
+)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -742,13 +775,43 @@ async def decide_cancels(
     changing = [r.id for r in cancelling]
     if not changing:
         return [o for o in outcomes if o is not None]
-    await restore_all(uow, changing, via="cancel")
-    await uow.conn.execute(
-        "UPDATE orders o SET status = 'cancelled', updated_at = now(), cancel_reason = d.reason "
-        "FROM unnest($1::text[], $2::text[]) AS d(id, reason) WHERE o.id = d.id",
+    # restore_all and the status update, with every write after the levels' lock in one
+    # statement (the status guard gives each unit back once).
+    released: list[asyncpg.Record] = await uow.conn.fetch(
+        f"UPDATE reservations SET status = $2, updated_at = now() "
+        f"WHERE order_id = ANY($1::text[]) AND {_HELD} "
+        f"RETURNING order_id, id, sku, location, quantity",
         changing,
-        [r.reason for r in cancelling],
+        ReservationStatus.RELEASED.value,
     )
+    if released:
+        await uow.levels.lock({r["sku"] for r in released})
+    entries, units = _restored(changing, released, "cancel")
+    await uow.levels.apply(
+        [
+            Delta(
+                r["sku"],
+                r["location"],
+                0,
+                -r["quantity"],
+                MovementReason.RELEASE.value,
+                r["order_id"],
+                r["id"],
+            )
+            for r in released
+        ],
+        also=_CANCEL_ALSO,
+        also_args=[
+            [e.order_id for e in entries],
+            [orjson.dumps(list(e.reservation_ids)).decode() for e in entries],
+            [e.action.value for e in entries],
+            [e.context for e in entries],
+            changing,
+            [r.reason for r in cancelling],
+        ],
+    )
+    if units:
+        uow.restored["cancel"] += units
     for r in cancelling:
         uow.events.order(r.id, STATUS_EVENTS[OrderStatus.CANCELLED], r.reason)
     after = {o.id: o for o in await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", changing)}

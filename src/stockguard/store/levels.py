@@ -21,6 +21,8 @@ from stockguard.domain.model import available
 from stockguard.store.db import Conn
 
 __all__ = [
+    "ALSO_FROM",
+    "APPLY_ACTOR",
     "AVAILABLE_SQL",
     "Delta",
     "LevelGuardViolated",
@@ -103,9 +105,11 @@ def guarded_update(p: int) -> str:
 
 
 # The level update and its ledger rows in one statement (one round trip while the levels
-# are locked).
-_APPLY_SQL = f"""
-WITH changed AS ({guarded_update(1)}
+# are locked); a caller may add writes that belong with the change (``also``).
+APPLY_ACTOR = "$15"  # the actor, for the CTEs a caller adds
+ALSO_FROM = 17  # the first parameter of the CTEs a caller adds
+_APPLY_SQL = """
+WITH changed AS ({update}
 ), ledger AS (
     INSERT INTO stock_movements
         (sku, location, on_hand_delta, reserved_delta, unavailable_delta, reason, order_id,
@@ -116,7 +120,7 @@ WITH changed AS ({guarded_update(1)}
                 $12::text[], $13::bigint[], $14::text[], $16::bigint[])
          AS m(sku, location, on_hand, reserved, reason, order_id, reservation_id, reference,
               unavailable)
-)
+){also}
 SELECT count(*) FROM changed
 """
 
@@ -231,19 +235,25 @@ class LevelWriter:
             self.touched.add(sku)
         return created
 
-    async def apply(self, deltas: Sequence[Delta]) -> None:
+    async def apply(
+        self, deltas: Sequence[Delta], *, also: str = "", also_args: Sequence[Any] = ()
+    ) -> None:
         """Apply deltas to levels this transaction has locked, and write the ledger.
 
         Raises LevelGuardViolated if any level would leave 0 <= reserved, 0 <=
         unavailable, reserved + unavailable <= on_hand; the
         caller's transaction then rolls back, so nothing is half-applied.
+
+        ``also``: more CTEs of the same statement (``, name AS (...)``; their parameters
+        numbered from ``ALSO_FROM``, the values ``also_args``; ``APPLY_ACTOR`` names the
+        actor), for writes that belong with the change: one round trip for all of it.
         """
         deltas = [d for d in deltas if d.on_hand or d.reserved or d.unavailable]
-        if not deltas:
+        if not deltas and not also:
             return
         levels = summed(deltas)
         updated = await self.conn.fetchval(
-            _APPLY_SQL,
+            _APPLY_SQL.format(update=guarded_update(1), also=also),
             *levels.args,
             [d.sku for d in deltas],
             [d.location for d in deltas],
@@ -255,6 +265,7 @@ class LevelWriter:
             [d.reference for d in deltas],
             self.actor,
             [d.unavailable for d in deltas],
+            *also_args,
         )
         self.changed(levels, updated)
 
