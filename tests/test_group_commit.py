@@ -64,6 +64,14 @@ class Toy(GroupCommit[str, str]):
             await self.changed.wait_for(check)
 
 
+@pytest.fixture
+async def toy(backends: Backends, stock: Stocker, uid: str) -> Toy:
+    """A toy use case over a SKU of its own."""
+    sku = f"GC{uid}"
+    await stock({sku: {f"w{uid}": 1}})
+    return Toy(backends, sku)
+
+
 async def _waiting_on_a_lock(backends: Backends) -> None:
     """Until some backend of this database waits for a row lock."""
     async with asyncio.timeout(10):
@@ -78,11 +86,8 @@ async def _waiting_on_a_lock(backends: Backends) -> None:
 
 
 async def test_the_next_batch_starts_once_the_one_ahead_holds_its_locks(
-    backends: Backends, stock: Stocker, uid: str
+    toy: Toy, backends: Backends
 ) -> None:
-    sku = f"GC{uid}"
-    await stock({sku: {f"w{uid}": 1}})
-    toy = Toy(backends, sku)
     submitted: list[asyncio.Task[str]] = []
 
     def submit(request: str) -> None:
@@ -120,12 +125,7 @@ async def test_the_next_batch_starts_once_the_one_ahead_holds_its_locks(
     assert toy.batches == 3
 
 
-async def test_a_batch_that_locks_nothing_lets_the_next_start_when_it_ends(
-    backends: Backends, stock: Stocker, uid: str
-) -> None:
-    sku = f"GN{uid}"
-    await stock({sku: {f"w{uid}": 1}})
-    toy = Toy(backends, sku)
+async def test_a_batch_that_locks_nothing_lets_the_next_start_when_it_ends(toy: Toy) -> None:
     running, release = asyncio.Event(), asyncio.Event()
     plain = toy.decide
 
@@ -152,11 +152,8 @@ async def test_a_batch_that_locks_nothing_lets_the_next_start_when_it_ends(
 
 
 async def test_a_request_that_contends_with_nothing_ahead_waits_for_the_batch_to_end(
-    backends: Backends, stock: Stocker, uid: str
+    toy: Toy,
 ) -> None:
-    sku = f"GF{uid}"
-    await stock({sku: {f"w{uid}": 1}})
-    toy = Toy(backends, sku)
     first = asyncio.create_task(toy.submit("a:1", "t"))
     await toy.until(lambda: len(toy.locked) == 1)
     second = asyncio.create_task(toy.submit("free:1", "t"))

@@ -17,6 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import orjson
@@ -302,6 +303,20 @@ FROM r ORDER BY r.id
 """
 
 
+def _reservation_columns(
+    rows: Sequence[tuple[str, Allocation, datetime]],
+) -> list[list[Any]]:
+    """(order id, allocation, expiry) rows as the reservation inserts' six arrays."""
+    return [
+        [r[0] for r in rows],
+        [r[1].line_no for r in rows],
+        [r[1].sku for r in rows],
+        [r[1].location for r in rows],
+        [r[1].quantity for r in rows],
+        [r[2] for r in rows],
+    ]
+
+
 async def _insert_reservations(
     uow: UnitOfWork,
     rows: Sequence[tuple[str, Allocation, datetime]],
@@ -313,12 +328,7 @@ async def _insert_reservations(
         return []
     inserted: list[asyncpg.Record] = await uow.conn.fetch(
         _INSERT_RESERVATIONS_SQL,
-        [r[0] for r in rows],
-        [r[1].line_no for r in rows],
-        [r[1].sku for r in rows],
-        [r[1].location for r in rows],
-        [r[1].quantity for r in rows],
-        [r[2] for r in rows],
+        *_reservation_columns(rows),
         now,
     )
     await uow.levels.apply(
@@ -367,12 +377,7 @@ async def _write_placements(
             for i, (sku, q) in enumerate(d.req.lines, 1)
         ],
         now,
-        [h[0] for h in held],
-        [h[1].line_no for h in held],
-        [h[1].sku for h in held],
-        [h[1].location for h in held],
-        [h[1].quantity for h in held],
-        [h[2] for h in held],
+        *_reservation_columns(held),
         *levels.args,
         uow.actor,
         [d.req.id for d in winners],
