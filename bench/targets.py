@@ -29,7 +29,7 @@ from stockguard.config import CacheMode
 from stockguard.domain.errors import OutOfStock
 from stockguard.service import catalogue
 from stockguard.service.batcher import PlacementBatcher
-from stockguard.service.orders import Placed, PlaceOrder, place_orders
+from stockguard.service.orders import _PAID_WITH_SQL, Placed, PlaceOrder, place_orders
 from stockguard.service.uow import Backends
 from stockguard.store import keys
 from stockguard.store.db import connect_pool
@@ -75,8 +75,8 @@ class Wrk:
             "QUOTA": 0,
             "THREADS": THREADS,
             "KEYED": False,
-            "CANCEL_PREFIX": "",
-            "CANCEL_N": 0,
+            "EACH_PREFIX": "",
+            "EACH_N": 0,
         }
         defaults.update(params)
         head = "".join(f"{k} = {_lua(v)}\n" for k, v in defaults.items())
@@ -239,7 +239,17 @@ async def issue10(ctx: Ctx) -> dict[str, Any]:
             SPREAD=len(ctx.cat.spread),
         )
         out["flash_sale"] = await _flash_sale(ctx, wrk, one, c128, smoke, rows)
-        out["cancel"] = await _cancels(ctx, wrk, one, c16, seconds, rows)
+        out["cancel"] = await _each_once(
+            ctx, wrk, one, c16, seconds, rows, mode="cancel", row="cancel_c16"
+        )
+        out["payments"] = {
+            "hot_c32": await _each_once(
+                ctx, wrk, one, c32, seconds, rows, mode="pay", row="pay_hot_c32", hot=True
+            ),
+            "spread_c32": await _each_once(
+                ctx, wrk, one, c32, seconds, rows, mode="pay", row="pay_spread_c32"
+            ),
+        }
 
     async with http_server(**server_args, workers=2) as two, rss.watching(two):
         await measure(
@@ -324,34 +334,47 @@ async def _flash_sale(
     }
 
 
-async def _cancels(
-    ctx: Ctx, wrk: Wrk, server: HttpServer, connections: int, seconds: float, rows: dict[str, Any]
+async def _each_once(
+    ctx: Ctx,
+    wrk: Wrk,
+    server: HttpServer,
+    connections: int,
+    seconds: float,
+    rows: dict[str, Any],
+    *,
+    mode: str,
+    row: str,
+    hot: bool = False,
 ) -> dict[str, Any]:
-    """Orders placed first (spread shape, in batches), then each cancelled once over HTTP."""
+    """Orders placed first (in batches; one unit of the hot SKU each, or the spread
+    shape), then each cancelled (``mode`` "cancel") or paid ("pay") once over HTTP."""
     n = 200 if ctx.cfg.smoke else 30_000
-    prefix = f"cx{ctx.orders.run_id}-"
+    prefix = f"{row}{ctx.orders.run_id}-"
     async with ctx.service(2) as backends:
         for start in range(0, n, 200):
             batch = [
-                PlaceOrder(id=f"{prefix}{i}", lines=ctx.orders.spread_lines())
+                PlaceOrder(
+                    id=f"{prefix}{i}",
+                    lines=ctx.orders.hot_lines() if hot else ctx.orders.spread_lines(),
+                )
                 for i in range(start, min(n, start + 200))
             ]
             for result in await place_orders(backends, batch, ACTOR):
                 if not isinstance(result, Placed):
-                    raise RuntimeError(f"could not prepare an order to cancel: {result!r}")
+                    raise RuntimeError(f"could not prepare an order to {mode}: {result!r}")
     cell = await wrk.run(
         server.base_url,
         connections=connections,
         duration=seconds,
         AUTH=ctx.admin_key,
-        MODE="cancel",
-        CANCEL_PREFIX=prefix,
-        CANCEL_N=n,
+        MODE=mode,
+        EACH_PREFIX=prefix,
+        EACH_N=n,
         QUOTA=n // THREADS,
     )
-    rows["cancel_c16"] = cell
+    rows[row] = cell
     progress(
-        f"cancel over HTTP c={connections}: {cell['per_s']:.0f}/s, "
+        f"{row} over HTTP c={connections}: {cell['per_s']:.0f}/s, "
         f"p99 {cell['latency_ms']['p99']} ms {cell['statuses']}"
     )
     return {"orders_prepared": n, **cell}
@@ -498,6 +521,7 @@ _HOT_STATEMENTS: dict[str, tuple[str, list[Any]]] = {
         "SELECT id FROM reservations WHERE order_id = $1 AND status IN ('reserved', 'committed')",
         ["g-500000"],
     ),
+    "payments_recorded": (_PAID_WITH_SQL, [["manual", "stripe"], ["m-g-1", "pi_x"]]),
 }
 
 

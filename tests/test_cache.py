@@ -207,6 +207,16 @@ async def test_degraded_mode_commits_without_redis_and_reconciler_repairs(
     assert await level(b.pool, sku, loc) == (10, 2)
     dirty = await b.pool.fetchval("SELECT count(*) FROM cache_dirty WHERE sku = $1", sku)
     assert dirty == 1
+    # Committed changes announce themselves whether Redis failed them or was skipped.
+    announced = await b.pool.fetch(
+        "SELECT type FROM events WHERE data->'order'->>'id' = ANY($1) ORDER BY id",
+        [oid, f"{oid}b"],
+    )
+    assert [r["type"] for r in announced] == ["order.placed", "order.cancelled", "order.placed"]
+    changed = await b.pool.fetchval(
+        "SELECT count(*) FROM events WHERE type = 'stock.changed' AND data->>'sku' = $1", sku
+    )
+    assert changed == 4  # stocked, placed, cancelled, placed
     # Reads fall back to PostgreSQL while Redis is away.
     (avail,) = await catalogue.availability(b, [sku])
     assert (avail.available, avail.source) == (8, "postgres")

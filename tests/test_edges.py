@@ -375,7 +375,7 @@ async def test_a_payment_whose_commit_went_through_is_not_logged_as_failed(
     backends: Backends, stock: Stocker, uid: str
 ) -> None:
     """The answer to COMMIT was lost, the commit was not: no refund-due noise."""
-    from stockguard.service.orders import _record_unpaid_commit
+    from stockguard.service.orders import record_unpaid_commit
 
     sku, loc, oid = f"C{uid}", f"w{uid}", f"o{uid}"
     await stock({sku: {loc: 4}})
@@ -384,12 +384,12 @@ async def test_a_payment_whose_commit_went_through_is_not_logged_as_failed(
     await orders.pay_order(backends, oid, proof, "t")
     before = await log_actions(backends.pool, oid)
     lost = asyncpg.exceptions.ConnectionDoesNotExistError("connection lost during COMMIT")
-    await _record_unpaid_commit(backends, oid, proof, "t", lost)
+    await record_unpaid_commit(backends, oid, proof, "t", lost)
     assert await log_actions(backends.pool, oid) == before
     # An order still pending gets its payment recorded and the failure logged.
     other = f"o2{uid}"
     await orders.place_order(backends, PlaceOrder(other, ((sku, 1),)), "t")
-    await _record_unpaid_commit(backends, other, PaymentProof("stripe", f"pi2_{uid}"), "t", lost)
+    await record_unpaid_commit(backends, other, PaymentProof("stripe", f"pi2_{uid}"), "t", lost)
     assert (await orders.get_order(backends, other)).status is OrderStatus.PAID
     assert (await log_actions(backends.pool, other))[-1] == "INCONSISTENCY_DETECTED"
 

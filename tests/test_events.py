@@ -393,3 +393,54 @@ async def test_verify_watches_the_feed(backends: Backends, stock: Stocker, uid: 
     finally:
         await backends.pool.execute("DELETE FROM events WHERE id = $1", planted)
     assert await found() == set()
+
+
+async def test_the_events_and_the_cache_stamp_are_one_statement(
+    migrated: str, backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """A change's events and its cache stamp go to PostgreSQL together (one round trip
+    fewer under the levels' locks), and Redis gets what that statement stamped."""
+    from stockguard.store.db import connect_pool
+    from tests.helpers import assert_cache_parity
+
+    sku, oid = f"ST{uid}", f"st{uid}"
+    await stock({sku: {f"w{uid}": 5}})
+    sent: list[str] = []
+    pool = await connect_pool(migrated, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda r: sent.append(r.query))
+        own = Backends(pool, backends.cache, backends.cache_mode, backends.redis_timeout)
+        await orders.place_order(own, PlaceOrder(oid, ((sku, 2),)), "t")
+        await orders.cancel_order(own, oid, "t")
+    finally:
+        await pool.close()
+    stamps = [q for q in sent if "cache_version_seq" in q]
+    assert len(stamps) == 2, sent
+    assert all("INSERT INTO events" in q for q in stamps)
+    assert [t for t, _ in await events_of(backends.pool, oid)] == [
+        "order.placed",
+        "order.cancelled",
+    ]
+    await assert_cache_parity(backends, [sku])
+    (avail,) = await catalogue.availability(backends, [sku])
+    assert (avail.available, avail.source) == (5, "redis")
+
+
+async def test_without_the_outbox_the_cache_is_still_stamped(
+    backends: Backends, stock: Stocker, uid: str
+) -> None:
+    """``events=False`` (the benchmark's measure of the outbox's cost) writes no events
+    and still keeps Redis equal to PostgreSQL."""
+    from tests.helpers import assert_cache_parity
+
+    sku, oid = f"NE{uid}", f"ne{uid}"
+    await stock({sku: {f"w{uid}": 4}})
+    off = Backends(backends.pool, backends.cache, backends.cache_mode, events=False)
+    await orders.place_order(off, PlaceOrder(oid, ((sku, 3),)), "t")
+    assert await events_of(backends.pool, oid) == []
+    await assert_cache_parity(backends, [sku])
+    (avail,) = await catalogue.availability(backends, [sku])
+    assert (avail.available, avail.source) == (1, "redis")
+    # verify checks that each SKU's last stock.changed tells its level: tell it again.
+    await orders.cancel_order(backends, oid, "t")

@@ -1,4 +1,4 @@
-"""The fast lane of the two flooded routes (api/fast_lane.py): the plain case is answered
+"""The fast lanes of the flooded routes (api/fast_lane.py): the plain case is answered
 there, everything else is handed on to the FastAPI route, and an app with the lanes answers
 every request byte for byte as the same app without them."""
 
@@ -29,10 +29,14 @@ class Pair:
     plain: httpx.AsyncClient  # the same app without its lanes
     place: FastLane
     cancel: FastLane
+    pay: FastLane
 
     def counts(self) -> tuple[int, int, int, int]:
         p, c = self.place, self.cancel
         return p.taken, p.handed_on, c.taken, c.handed_on
+
+    def paid(self) -> tuple[int, int]:
+        return self.pay.taken, self.pay.handed_on
 
 
 def _without_lanes(app: FastAPI) -> FastAPI:
@@ -46,10 +50,10 @@ async def pair(
 ) -> AsyncIterator[Pair]:
     s = settings.model_copy(update={"order_batching": request.param})
     app = build_app(s, backends)
-    place, cancel = app.state.fast_lanes
+    place, cancel, pay = app.state.fast_lanes
     plain = _without_lanes(build_app(s, backends))
     async with app_client(app, api_keys.service) as a, app_client(plain, api_keys.service) as b:
-        yield Pair(a, b, place, cancel)
+        yield Pair(a, b, place, cancel, pay)
 
 
 async def _same(
@@ -165,16 +169,19 @@ async def test_without_a_key_the_lane_is_never_reached(
     pair: Pair, settings: Settings, backends: Backends
 ) -> None:
     order = _body({"lines": [{"sku": "A", "quantity": 1}]})
-    for path in ("/v1/orders", "/v1/orders/o1/cancel"):
+    for path in ("/v1/orders", "/v1/orders/o1/cancel", "/v1/orders/o1/payments"):
         anonymous = await pair.lanes.post(
             path, content=order, headers={**JSON, "Authorization": ""}
         )
         assert anonymous.status_code == 401
     assert pair.counts() == (0, 0, 0, 0)
-    # Other methods and paths are not the lane's: it is never asked.
+    assert pair.paid() == (0, 0)
+    # Other methods and paths are not the lanes': they are never asked.
     await pair.lanes.get("/v1/orders/o1")
-    await pair.lanes.post("/v1/orders/o1/payments", content=b"{}", headers=JSON)
+    await pair.lanes.post("/v1/orders/o1/status", content=b"{}", headers=JSON)
+    await pair.lanes.get("/v1/orders/o1/payments")
     assert pair.counts() == (0, 0, 0, 0)
+    assert pair.paid() == (0, 0)
 
 
 async def test_a_keyed_order_in_the_lane_is_replayed_by_either_app(
@@ -192,3 +199,59 @@ async def test_a_keyed_order_in_the_lane_is_replayed_by_either_app(
         assert replayed.content == first.content
         assert replayed.headers["idempotent-replayed"] == "true"
     assert pair.counts() == (1, 0, 0, 0)  # replays are answered before any route
+
+
+async def test_plain_payments_take_the_lane_and_answer_as_the_route(
+    pair: Pair, backends: Backends, stock: Stocker, uid: str
+) -> None:
+    sku = f"FP{uid}"
+    await stock({sku: {f"w{uid}": 5}})
+    for n in (1, 2):
+        order = {"id": f"fp{uid}-{n}", "lines": [{"sku": sku, "quantity": 1}], "total_amount": 500}
+        assert (await pair.lanes.post("/v1/orders", content=_body(order), headers=JSON)).is_success
+    proof = {"provider": "stripe", "payment_id": f"pi_{uid}", "amount": 500}
+    first = await pair.lanes.post(
+        f"/v1/orders/fp{uid}-1/payments", content=_body(proof), headers=JSON
+    )
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "paid"
+    assert [r["status"] for r in first.json()["reservations"]] == ["committed"]
+    assert pair.paid() == (1, 0)
+    # The same proof again: the order as it is, from either app.
+    again = await _same(pair, f"/v1/orders/fp{uid}-1/payments", content=_body(proof), headers=JSON)
+    assert again.json() == first.json()
+    # The proof for another order: refused with the same bytes by either app.
+    reused = await _same(pair, f"/v1/orders/fp{uid}-2/payments", content=_body(proof), headers=JSON)
+    assert reused.status_code == 409
+    missing = await _same(
+        pair, f"/v1/orders/none{uid}/payments", content=_body(proof), headers=JSON
+    )
+    assert missing.status_code == 404
+    assert pair.paid() == (4, 0)
+    assert (
+        await backends.pool.fetchval("SELECT status FROM orders WHERE id = $1", f"fp{uid}-2")
+        == "pending"
+    )
+    await assert_invariants(backends.pool)
+    await assert_cache_parity(backends, [sku])
+
+
+PAYMENT_REFUSALS: list[tuple[str, bytes | None, dict[str, str] | None]] = [
+    ("...", _body({"provider": "manual", "payment_id": "p"}), JSON),  # not an order id
+    ("o1", None, None),  # no body
+    ("o1", b"{}", JSON),  # the model refuses it
+    ("o1", _body({"provider": "paypal", "payment_id": "p"}), JSON),
+    ("o1", _body({"provider": "manual", "payment_id": "p", "amount": "5"}), JSON),
+    ("o1", _body({"provider": "manual", "payment_id": "p"}), {"Content-Type": "text/plain"}),
+    ("o1", b"{", JSON),
+]
+
+
+@pytest.mark.parametrize(("order_id", "content", "headers"), PAYMENT_REFUSALS)
+async def test_payments_the_lane_does_not_take_are_answered_by_the_route(
+    pair: Pair, order_id: str, content: bytes | None, headers: dict[str, str] | None, uid: str
+) -> None:
+    path = f"/v1/orders/{order_id}{uid if order_id == 'o1' else ''}/payments"
+    refused = await _same(pair, path, content=content, headers=headers)
+    assert refused.status_code in (404, 415, 422), refused.text
+    assert pair.paid() == (0, 1)

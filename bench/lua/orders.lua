@@ -1,8 +1,8 @@
 -- wrk script of the stockguard benchmark (bench/targets.py sets the globals above this
--- line): MODE "hot" | "spread" | "flash" | "cancel", PREFIX (unique order ids per run),
+-- line): MODE "hot" | "spread" | "flash" | "cancel" | "pay", PREFIX (unique order ids per run),
 -- AUTH (the bearer key), SKU (hot and flash), SPREAD (how many spread SKUs), QUOTA
 -- (requests per thread, 0 = until the duration ends), THREADS, KEYED (send an
--- Idempotency-Key), CANCEL_PREFIX and CANCEL_N (the orders to cancel).
+-- Idempotency-Key), EACH_PREFIX and EACH_N (the orders to cancel or pay, each once).
 local threads = {}
 local counter = 0
 
@@ -63,10 +63,14 @@ function request()
     if sent > QUOTA + 2000 then wrk.thread:stop() end
     return filler
   end
-  if MODE == "cancel" then
+  if MODE == "cancel" or MODE == "pay" then
     local i = tid + THREADS * (sent - 1)
-    if i >= CANCEL_N then i = (tid + THREADS * sent) % CANCEL_N end
-    local oid = CANCEL_PREFIX .. i
+    if i >= EACH_N then i = (tid + THREADS * sent) % EACH_N end
+    local oid = EACH_PREFIX .. i
+    if MODE == "pay" then
+      local body = '{"provider":"manual","payment_id":"pay-' .. oid .. '"}'
+      return wrk.format("POST", "/v1/orders/" .. oid .. "/payments", headers("p" .. oid), body)
+    end
     return wrk.format("POST", "/v1/orders/" .. oid .. "/cancel", headers("c" .. oid), "{}")
   end
   local oid = PREFIX .. "-" .. tid .. "-" .. sent

@@ -32,6 +32,7 @@ from stockguard.runtime import Endpoints, open_backends, resolve_endpoints, sett
 from stockguard.service.batcher import PlacementBatcher
 from stockguard.service.cancel_batcher import CancelBatcher
 from stockguard.service.idempotency import KeyAnswered
+from stockguard.service.payment_batcher import PaymentBatcher
 from stockguard.service.uow import Backends
 from stockguard.workers.loops import start_workers, stop_workers
 
@@ -58,7 +59,11 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
                     yield
                 finally:
                     await stop_workers(tasks)
-                    for batcher in (app.state.batcher, app.state.cancel_batcher):
+                    for batcher in (
+                        app.state.batcher,
+                        app.state.cancel_batcher,
+                        app.state.payment_batcher,
+                    ):
                         if batcher is not None:
                             await batcher.drain()
         finally:
@@ -85,11 +90,12 @@ def build_app(settings: Settings, backends: Backends | None = None) -> FastAPI:
         return b
 
     app.state.known_keys = KnownKeys()
-    # Group commit of placements and of cancels (DESIGN.md §10), or neither.
+    # Group commit of placements, cancels and payments (DESIGN.md §10), or none.
     batching = {"max_batch": settings.order_batch_max, "lanes": settings.order_batch_lanes}
     batch = settings.order_batching
     app.state.batcher = PlacementBatcher(current_backends, **batching) if batch else None
     app.state.cancel_batcher = CancelBatcher(current_backends, **batching) if batch else None
+    app.state.payment_batcher = PaymentBatcher(current_backends, **batching) if batch else None
     install_handlers(app)
     app.include_router(recovery.router)  # before routes: its paths are more specific
     app.include_router(router)

@@ -1,18 +1,19 @@
-"""The two flooded routes without FastAPI's request machinery.
+"""The flooded routes without FastAPI's request machinery.
 
-A flash sale's requests are placements and cancels. FastAPI's routing, body handling,
-dependency solving and response rendering cost about what the bare endpoint's whole request
-does (docs/PERFORMANCE.md "Where the time goes"), and a sold-out buyer's answer is mostly
-that. A :class:`FastLane` is a route placed before every other one of the app. It takes the
-``POST`` of its path when the request is the plain case: a key that
-:class:`~stockguard.api.auth.Authentication` found, a JSON body (``Content-Type:
+A flash sale's requests are placements, cancels and the winners' payments. FastAPI's
+routing, body handling, dependency solving and response rendering cost about what the bare
+endpoint's whole request does (docs/PERFORMANCE.md "Where the time goes"), and a sold-out
+buyer's answer is mostly that. A :class:`FastLane` is a route placed before every other one
+of the app. It takes the ``POST`` of its path when the request is the plain case: a key
+that :class:`~stockguard.api.auth.Authentication` found, a JSON body (``Content-Type:
 application/json``) that ``strictjson`` parses and the route's own model accepts (for a
-cancel also none at all), a path parameter the route accepts. Then it calls the function the
-FastAPI route calls (:func:`stockguard.api.routes.placed`, :func:`~stockguard.api.routes.cancelled`)
-and sends that response. Anything else goes on, with the body already read, to the FastAPI
-route, which answers it exactly as without the lane: every refusal of input comes from
-there. An exception raised in the lane meets the same handlers as the route's own, since
-the lane is a route of the same router.
+cancel also none at all), a path parameter the route accepts. Then it calls the function
+the FastAPI route calls (:func:`stockguard.api.routes.placed`,
+:func:`~stockguard.api.routes.cancelled`, :func:`~stockguard.api.routes.paid`) and sends
+that response. Anything else goes on, with the body already read, to the FastAPI route,
+which answers it exactly as without the lane: every refusal of input comes from there. An
+exception raised in the lane meets the same handlers as the route's own, since the lane is
+a route of the same router.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from starlette.types import Receive, Scope, Send
 from stockguard import strictjson
 from stockguard.api.auth import api_key_of
 from stockguard.api.middleware import read_body, replay
-from stockguard.api.routes import cancelled, is_order_id, placed
-from stockguard.api.schemas import CancelIn, OrderIn
+from stockguard.api.routes import cancelled, is_order_id, paid, placed
+from stockguard.api.schemas import CancelIn, OrderIn, PaymentIn
 from stockguard.store import keys
 
 __all__ = ["FastLane", "install_fast_lanes"]
@@ -132,12 +133,22 @@ def _cancel(state: State, params: dict[str, str], data: Any, key: keys.ApiKey) -
     return partial(cancelled, state, order_id, body, key)
 
 
+def _pay(state: State, params: dict[str, str], data: Any, key: keys.ApiKey) -> Answer:
+    order_id = params["order_id"]
+    body = _model(PaymentIn, data)
+    if not is_order_id(order_id) or body is None:
+        return None
+    return partial(paid, state, order_id, body, key)
+
+
 def install_fast_lanes(app: FastAPI) -> list[FastLane]:
-    """The lanes of ``POST /v1/orders`` and ``POST /v1/orders/{order_id}/cancel``, first
-    among the app's routes; what they hand on goes through the app's router again."""
+    """The lanes of ``POST /v1/orders``, ``POST /v1/orders/{order_id}/cancel`` and ``POST
+    /v1/orders/{order_id}/payments``, first among the app's routes; what they hand on goes
+    through the app's router again."""
     lanes = [
         FastLane("/v1/orders", _place, body_required=True),
         FastLane("/v1/orders/{order_id}/cancel", _cancel, body_required=False),
+        FastLane("/v1/orders/{order_id}/payments", _pay, body_required=True),
     ]
     for lane in lanes:
         lane.router = app.router

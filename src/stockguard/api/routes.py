@@ -53,16 +53,17 @@ from stockguard.domain.errors import (
 from stockguard.domain.model import OrderStatus
 from stockguard.service import catalogue, orders
 from stockguard.service.batcher import PlacementBatcher
-from stockguard.service.cancel_batcher import CancelBatcher, CancelOutcome
+from stockguard.service.cancel_batcher import CancelBatcher
 from stockguard.service.catalogue import SkuView
 from stockguard.service.idempotency import Answer, Claim, current_claim
+from stockguard.service.payment_batcher import PaymentBatcher
 from stockguard.service.reconcile import reconcile
 from stockguard.service.uow import CACHE_ERRORS, Backends, UnitOfWork, run
 from stockguard.service.verify import verify
 from stockguard.store import keys
-from stockguard.store.orders import find_orders
+from stockguard.store.orders import OrderRecord, find_orders
 
-__all__ = ["cancelled", "is_order_id", "placed", "router"]
+__all__ = ["cancelled", "is_order_id", "paid", "placed", "router"]
 
 router = APIRouter(route_class=StrictJSONRoute)
 Outcome = TypeVar("Outcome")  # a batched request's outcome
@@ -527,11 +528,26 @@ async def list_orders(
         {200: doc.Order}, "not_found", "invalid_transition", "conflict", "cache_unavailable"
     ),
 )
-async def pay(key: Service, order_id: OrderPath, body: PaymentIn, b: B) -> Response:
+async def pay(key: Service, order_id: OrderPath, body: PaymentIn, http: Request) -> Response:
+    return await paid(http.app.state, order_id, body, key)
+
+
+async def paid(state: State, order_id: str, body: PaymentIn, key: keys.ApiKey) -> Response:
+    """``POST /v1/orders/{order_id}/payments`` once its input and key are known (the
+    route's and the fast lane's)."""
     proof = orders.PaymentProof(body.provider, body.payment_id, body.amount, body.currency)
-    return await answered(
-        lambda: orders.pay_order(b, order_id, proof, actor(key)), lambda o: (200, order_json(o))
-    )
+    batcher: PaymentBatcher | None = state.payment_batcher
+    if batcher is None:
+        b: Backends = state.backends
+        return await answered(
+            lambda: orders.pay_order(b, order_id, proof, actor(key)),
+            lambda o: (200, order_json(o)),
+        )
+    claim = current_claim()
+    if claim is not None:
+        claim.render = _order_answer
+    outcome = await batcher.pay(orders.PayOrder(order_id, proof), actor(key))
+    return _batched_response(claim, outcome, _order_answer)
 
 
 @router.post(
@@ -562,13 +578,13 @@ async def cancelled(
         )
     claim = current_claim()
     if claim is not None:
-        claim.render = _cancel_answer
+        claim.render = _order_answer
     outcome = await batcher.cancel(orders.CancelOrder(order_id, reason), actor(key))
-    return _batched_response(claim, outcome, _cancel_answer)
+    return _batched_response(claim, outcome, _order_answer)
 
 
-def _cancel_answer(outcome: CancelOutcome) -> Answer:
-    """A batched cancel's answer: the order, or the problem of its refusal."""
+def _order_answer(outcome: OrderRecord | StockguardError) -> Answer:
+    """A batched cancel's or payment's answer: the order, or the problem of its refusal."""
     if isinstance(outcome, StockguardError):
         return _refusal(outcome)
     return Answer(200, "application/json", json_bytes(order_json(outcome)))

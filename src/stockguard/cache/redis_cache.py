@@ -22,13 +22,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from stockguard.store.db import Conn
-from stockguard.store.levels import AVAILABLE_SQL
+from stockguard.store.levels import AVAILABLE_SQL, STAMP_SQL
 
 __all__ = [
     "Entry",
     "RedisCache",
     "SkuAvailability",
     "Written",
+    "availability",
     "load_availability",
     "stamp_and_load",
 ]
@@ -99,7 +100,7 @@ async def load_availability(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAva
         """,
         list(skus),
     )
-    return _fold(skus, rows)
+    return availability(skus, rows)
 
 
 async def stamp_and_load(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAvailability]:
@@ -109,20 +110,13 @@ async def stamp_and_load(conn: Conn, skus: Sequence[str]) -> dict[str, SkuAvaila
     writer of them (committed or rolled back) took its version before this one, so this
     write outranks all of theirs in Redis.
     """
-    rows = await conn.fetch(
-        f"""
-        WITH v AS (SELECT nextval('cache_version_seq') AS version)
-        UPDATE inventory_levels l SET version = v.version
-        FROM v, locations loc
-        WHERE l.sku = ANY($1::text[]) AND loc.code = l.location
-        RETURNING l.sku, l.location, {AVAILABLE_SQL} AS available, l.version, loc.active
-        """,
-        list(skus),
-    )
-    return _fold(skus, rows)
+    rows = await conn.fetch(STAMP_SQL, list(skus))
+    return availability(skus, rows)
 
 
-def _fold(skus: Sequence[str], rows: Sequence[asyncpg.Record]) -> dict[str, SkuAvailability]:
+def availability(skus: Sequence[str], rows: Sequence[asyncpg.Record]) -> dict[str, SkuAvailability]:
+    """Each SKU's availability from its level rows (sku, location, available, version,
+    active), as ``store.levels.stamp_cte`` returns them."""
     locations: dict[str, dict[str, int]] = {s: {} for s in skus}
     versions: dict[str, int] = dict.fromkeys(skus, 0)
     for r in rows:

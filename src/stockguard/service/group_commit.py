@@ -152,6 +152,10 @@ class GroupCommit(ABC, Generic[R, Out]):
     def decided_batch(self, outcomes: list[Out | None]) -> None:
         """Called with a committed batch's outcomes (the placements learn from them)."""
 
+    async def failed(self, request: R, actor: str, exc: Exception) -> None:
+        """Called before ``exc`` is raised to the caller of ``request`` whose batch failed
+        (alone, or for a reason every request shares): the use case's failsafe, if any."""
+
     # ------------------------------------------------------------------ the interface
 
     async def submit(self, request: R, actor: str) -> Out:
@@ -168,7 +172,13 @@ class GroupCommit(ABC, Generic[R, Out]):
         if lane.task is None:
             # A context of its own: the batch must not run inside one caller's context.
             lane.task = asyncio.create_task(self._drain(lane), context=contextvars.Context())
-        outcome = await future
+        try:
+            outcome = await future
+        except KeyAnswered:
+            raise
+        except Exception as exc:
+            await self.failed(request, actor, exc)
+            raise
         if isinstance(outcome, _RunAlone):
             return await self.alone(self._backends(), request, actor)
         return outcome

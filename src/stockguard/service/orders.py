@@ -66,13 +66,16 @@ from stockguard.store.orders import (
 )
 
 __all__ = [
+    "COMMIT_FAILURES",
     "CancelOrder",
+    "PayOrder",
     "PaymentProof",
     "PlaceOrder",
     "Placed",
     "cancel_order",
     "decide_cancels",
     "decide_orders",
+    "decide_payments",
     "delete_order",
     "get_order",
     "move_reservations",
@@ -82,6 +85,7 @@ __all__ = [
     "place_order",
     "place_orders",
     "record_payment",
+    "record_unpaid_commit",
     "set_order_status",
     "set_status",
 ]
@@ -1032,6 +1036,139 @@ async def pay(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> OrderRecor
     return await _fresh(uow, order_id)
 
 
+@dataclass(frozen=True, slots=True)
+class PayOrder:
+    id: str
+    proof: PaymentProof
+
+
+# The plain payments of a batch in one statement: each order's proof and status, its
+# reservations reserved -> committed (no level changes: the units are held already) and
+# one COMMITTED log per order. The WHERE is the guard: only a pending order without a
+# payment is paid (the caller holds the orders' locks and checked; a miss is a bug).
+_PAY_SQL = """
+WITH paid AS (
+    UPDATE orders o
+    SET payment_provider = d.provider, payment_id = d.payment_id, payment_amount = d.amount,
+        payment_currency = d.currency, paid_at = now(), updated_at = now(), status = 'paid'
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+         AS d(id, provider, payment_id, amount, currency)
+    WHERE o.id = d.id AND o.status = 'pending' AND o.payment_id IS NULL
+    RETURNING o.id
+), committed AS (
+    UPDATE reservations SET status = 'committed', updated_at = now()
+    WHERE order_id IN (SELECT id FROM paid) AND status = 'reserved'
+    RETURNING order_id, id
+), logs AS (
+    INSERT INTO order_inventory_logs (order_id, actor, reservation_ids, action)
+    SELECT c.order_id, $6, array_agg(c.id ORDER BY c.id), 'COMMITTED'
+    FROM committed c GROUP BY c.order_id ORDER BY c.order_id
+)
+SELECT count(*) FROM paid
+"""
+
+# The payments already recorded with any of these proofs (the unique index answers).
+_PAID_WITH_SQL = """
+SELECT o.id, o.payment_provider, o.payment_id
+FROM unnest($1::text[], $2::text[]) AS p(provider, payment_id)
+JOIN orders o ON o.payment_provider = p.provider AND o.payment_id = p.payment_id
+"""
+
+
+def _plain_payment(order: OrderRecord, proof: PaymentProof) -> bool:
+    """A pending order paid in full for its total with every line held: what
+    :func:`pay` does to it is the set-based write of :func:`decide_payments`."""
+    held = order.held_by_line()
+    return _amount_mismatch(order, proof) is None and all(
+        held.get(n, 0) >= q for n, _sku, q in order.lines
+    )
+
+
+async def decide_payments(
+    uow: UnitOfWork, requests: Sequence[PayOrder]
+) -> list[OrderRecord | StockguardError]:
+    """:func:`pay` for these orders (distinct ids) in the caller's transaction, each on
+    its own and in arrival order: the order as it is afterwards, or why it was not paid
+    (nothing changed for it). The plain payments (see :func:`_plain_payment`) are one
+    statement together; the rest (a second payment, an amount mismatch, a late payment
+    with lines to reserve again) go through :func:`pay` one by one, each in a savepoint so
+    that a refusal keeps nothing of it."""
+    ids = sorted({r.id for r in requests})
+    # Orders' row locks first, in id order, as every use case takes them; then one read.
+    locked = await uow.conn.fetch(
+        "SELECT id FROM orders WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids
+    )
+    held = [r["id"] for r in locked]
+    found = {o.id: o for o in await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", held)}
+    proofs = [r.proof for r in requests]
+    taken: dict[tuple[str, str], str] = {
+        (r["payment_provider"], r["payment_id"]): r["id"]
+        for r in await uow.conn.fetch(
+            _PAID_WITH_SQL, [p.provider for p in proofs], [p.payment_id for p in proofs]
+        )
+    }
+    outcomes: list[OrderRecord | StockguardError | None] = []  # None: decided below
+    plain: list[int] = []
+    one_by_one: list[int] = []
+    for i, r in enumerate(requests):
+        order, proof = found.get(r.id), r.proof
+        outcome: OrderRecord | StockguardError | None = None
+        if not proof.provider or not proof.payment_id:
+            outcome = ValidationFailed("payment proof needs a provider and a payment id")
+        elif order is None or order.deleted_at is not None:
+            outcome = NotFound(f"order {r.id} not found")
+        elif order.status == OrderStatus.CANCELLED:
+            outcome = InvalidTransition(order.status.value, OrderStatus.PAID.value)
+        elif order.payment_id is not None:
+            same = (order.payment_provider, order.payment_id) == (proof.provider, proof.payment_id)
+            if same:
+                outcome = order
+            else:
+                one_by_one.append(i)  # a second payment: logged for review
+        elif order.status != OrderStatus.PENDING:
+            outcome = InvalidTransition(order.status.value, OrderStatus.PAID.value)
+        elif (other := taken.get((proof.provider, proof.payment_id))) is not None:
+            outcome = PaymentReused(order.id, other, proof.provider, proof.payment_id)
+        else:
+            # This order takes the proof: a later request of the batch with it is refused.
+            taken[(proof.provider, proof.payment_id)] = order.id
+            if _plain_payment(order, proof):
+                plain.append(i)
+            else:
+                one_by_one.append(i)
+        outcomes.append(outcome)
+    paying = [requests[i] for i in plain]
+    if paying:
+        paid = await uow.conn.fetchval(
+            _PAY_SQL,
+            [r.id for r in paying],
+            [r.proof.provider for r in paying],
+            [r.proof.payment_id for r in paying],
+            [r.proof.amount for r in paying],
+            [r.proof.currency.upper() if r.proof.currency else None for r in paying],
+            uow.actor,
+        )
+        if paid != len(paying):
+            raise RuntimeError(f"paid {paid} of {len(paying)} locked pending orders")
+        for r in paying:
+            uow.events.order(r.id, STATUS_EVENTS[OrderStatus.PAID])
+    for i in one_by_one:
+        try:
+            async with uow.conn.transaction():  # a savepoint
+                outcomes[i] = await pay(uow, requests[i].id, requests[i].proof)
+        except StockguardError as exc:
+            outcomes[i] = exc
+    if paying:
+        rows = await find_orders(uow.conn, "WHERE o.id = ANY($1::text[])", [r.id for r in paying])
+        after = {o.id: o for o in rows}
+        for i in plain:
+            outcomes[i] = after[requests[i].id]
+            uow.events.known(after[requests[i].id])
+    decided = [o for o in outcomes if o is not None]
+    assert len(decided) == len(requests)
+    return decided
+
+
 async def record_payment(uow: UnitOfWork, order_id: str, proof: PaymentProof) -> None:
     await uow.conn.execute(
         "UPDATE orders SET payment_provider = $2, payment_id = $3, payment_amount = $4, "
@@ -1055,18 +1192,30 @@ async def pay_order(
         raise ValidationFailed("payment proof needs a provider and a payment id")
 
     async def body(uow: UnitOfWork) -> OrderRecord:
-        return await pay(uow, order_id, proof)
+        (outcome,) = await decide_payments(uow, [PayOrder(order_id, proof)])
+        if isinstance(outcome, StockguardError):
+            raise outcome
+        return outcome
 
     try:
         return await run(backends, actor, body, operation="pay_order")
     except (StockguardError, asyncio.CancelledError):
         raise
-    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        await _record_unpaid_commit(backends, order_id, proof, actor, exc)
+    except COMMIT_FAILURES as exc:
+        await record_unpaid_commit(backends, order_id, proof, actor, exc)
         raise
 
 
-async def _record_unpaid_commit(
+# What keeps a payment's stock from being committed without being the order's fault.
+COMMIT_FAILURES: tuple[type[Exception], ...] = (
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+
+
+async def record_unpaid_commit(
     backends: Backends, order_id: str, proof: PaymentProof, actor: str, exc: BaseException
 ) -> None:
     """The payment happened even though committing its stock failed: keep the proof, and

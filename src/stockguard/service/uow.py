@@ -21,7 +21,7 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from stockguard.cache.breaker import CacheBreaker
-from stockguard.cache.redis_cache import RedisCache, stamp_and_load
+from stockguard.cache.redis_cache import RedisCache, SkuAvailability, availability, stamp_and_load
 from stockguard.config import CacheMode
 from stockguard.domain.errors import CacheUnavailable
 from stockguard.logging import get_logger
@@ -81,15 +81,11 @@ async def mark_dirty(conn: Conn, skus: Sequence[str]) -> None:
     )
 
 
-async def _write_cache(
-    backends: Backends, conn: Conn, skus: list[str], *, gated: bool = True
-) -> tuple[str, ...]:
-    """Write the SKUs' availability as of this transaction; returns those found partly
-    evicted (dropped, and marked for the reconciler)."""
+async def _put(backends: Backends, conn: Conn, states: dict[str, SkuAvailability]) -> None:
+    """Write availability as stamped in this transaction to Redis; SKUs found partly
+    evicted are dropped there (reads fall back to PostgreSQL meanwhile) and marked for
+    the reconciler, in this transaction."""
     assert backends.cache is not None
-    if gated and not backends.breaker.allow():
-        raise CacheSkipped("the availability cache failed a moment ago")
-    states = await stamp_and_load(conn, skus)
     try:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         async with asyncio.timeout(backends.redis_timeout):
@@ -99,10 +95,7 @@ async def _write_cache(
         raise
     backends.breaker.succeeded()
     if written.dropped:
-        # Partly evicted entries were dropped (reads fall back to PostgreSQL meanwhile):
-        # the reconciler writes them whole again, in this transaction's wake.
         await mark_dirty(conn, written.dropped)
-    return written.dropped
 
 
 async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
@@ -114,10 +107,10 @@ async def repair_cache(backends: Backends, skus: Sequence[str]) -> None:
     try:
         async with backends.pool.acquire() as conn, conn.transaction():
             await LevelWriter(conn, "system:cache").lock(wanted)
-            # Repairs always try: they are how a recovered Redis gets used again.
-            dropped = await _write_cache(backends, conn, wanted, gated=False)
-            repaired = sorted(set(wanted) - set(dropped))
-            await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", repaired)
+            # Repairs always try (no breaker): they are how a recovered Redis gets used
+            # again. A SKU found partly evicted is marked again by _put.
+            await conn.execute("DELETE FROM cache_dirty WHERE sku = ANY($1::text[])", wanted)
+            await _put(backends, conn, await stamp_and_load(conn, wanted))
     except CACHE_ERRORS:
         # Outside the rolled-back transaction, so the mark stays.
         async with backends.pool.acquire() as conn:
@@ -139,23 +132,42 @@ async def _after_failed_write(conn: Conn, skus: list[str]) -> None:
         log.exception("cache_compensation_failed", skus=skus)
 
 
-async def _sync_before_commit(backends: Backends, uow: UnitOfWork) -> bool:
+async def _flush_and_sync(backends: Backends, uow: UnitOfWork) -> bool:
+    """Write the outbox and sync the touched SKUs to Redis; True when Redis was written.
+
+    The events and the cache stamp are one statement (``Outbox.flush(stamp=True)``),
+    after every level write of the transaction and under their locks."""
     skus = sorted(uow.levels.touched)
     if not skus or backends.cache is None or backends.cache_mode is CacheMode.DISABLED:
+        await uow.events.flush(uow.conn, uow.levels)
         return False
-    try:
-        await _write_cache(backends, uow.conn, skus)
-        return True
-    except CACHE_ERRORS as exc:
-        CACHE_SYNC_FAILURES.labels(backends.cache_mode.value).inc()
-        if backends.cache_mode is CacheMode.STRICT:
-            log.warning("cache_sync_failed", mode="strict", skus=skus, error=type(exc).__name__)
-            raise CacheUnavailable(
-                "the availability cache could not be updated; nothing was changed"
-            ) from exc
-        log.warning("cache_sync_failed", mode="degraded", skus=skus, error=type(exc).__name__)
+    if not backends.breaker.allow():
+        await _cache_failed(
+            backends, skus, CacheSkipped("the availability cache failed a moment ago")
+        )
+        # degraded: the change commits, with its events, and the reconciler repairs
+        await uow.events.flush(uow.conn, uow.levels)
         await mark_dirty(uow.conn, skus)
         return False
+    stamped = await uow.events.flush(uow.conn, uow.levels, stamp=True)
+    try:
+        await _put(backends, uow.conn, availability(skus, stamped))
+    except CACHE_ERRORS as exc:
+        await _cache_failed(backends, skus, exc)
+        await mark_dirty(uow.conn, skus)
+        return False
+    return True
+
+
+async def _cache_failed(backends: Backends, skus: list[str], exc: BaseException) -> None:
+    """Count a failed cache sync; in strict mode refuse the whole change."""
+    CACHE_SYNC_FAILURES.labels(backends.cache_mode.value).inc()
+    mode = backends.cache_mode.value
+    log.warning("cache_sync_failed", mode=mode, skus=skus, error=type(exc).__name__)
+    if backends.cache_mode is CacheMode.STRICT:
+        raise CacheUnavailable(
+            "the availability cache could not be updated; nothing was changed"
+        ) from exc
 
 
 async def run(
@@ -191,12 +203,11 @@ async def run(
                 if claim is not None:
                     await claim_key(conn, claim)
                 result = await fn(uow)
-                await uow.events.flush(conn, uow.levels)
                 if claim is not None:
                     assert claim.render is not None
                     answer = claim.render(result)
                     await store_answer(conn, claim, answer)
-                wrote = await _sync_before_commit(backends, uow)
+                wrote = await _flush_and_sync(backends, uow)
             except CacheUnavailable:
                 await tr.rollback()
                 await _after_failed_write(conn, sorted(uow.levels.touched))

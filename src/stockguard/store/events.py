@@ -27,7 +27,7 @@ import asyncpg
 from stockguard.domain.delivery import EVENT_TYPES as CONTRACT_EVENT_TYPES
 from stockguard.render import order_json, ts
 from stockguard.store.db import Conn
-from stockguard.store.levels import AVAILABLE_SQL, LevelWriter
+from stockguard.store.levels import AVAILABLE_SQL, STAMP_SQL, LevelWriter, stamp_cte
 from stockguard.store.orders import OrderRecord, find_orders
 
 __all__ = [
@@ -47,7 +47,7 @@ EVENT_TYPES: tuple[str, ...] = (*sorted(CONTRACT_EVENT_TYPES), "ping")
 # the order it named them, then per touched SKU its stock.changed and the threshold edges
 # it crossed, from its totals now (over active locations, as Redis and the availability
 # reads count them) against the totals it had when this transaction first locked it.
-_FLUSH_SQL = f"""
+_FLUSH_WITH = f"""
 WITH given AS (
     SELECT g.n, g.type, g.data
     FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS g(type, data, n)
@@ -67,7 +67,8 @@ WITH given AS (
     LEFT JOIN locations loc ON loc.code = l.location
     WHERE s.code = ANY($1::text[])
     GROUP BY s.code
-)
+)"""
+_INSERT = """
 INSERT INTO events (type, data)
 SELECT e.type, e.data FROM (
     SELECT 0 AS part, given.n AS k, '' AS sku, 0 AS edge, given.type, given.data FROM given
@@ -92,6 +93,19 @@ SELECT e.type, e.data FROM (
 ) AS e
 ORDER BY e.part, e.k, e.sku, e.edge
 RETURNING type
+"""
+_FLUSH_SQL = _FLUSH_WITH + _INSERT
+# The same, and the cache stamp of the touched SKUs (store.levels.stamp_cte) in the same
+# statement: one round trip fewer while the levels are locked. Both read the snapshot
+# the use case's writes left; the rows are the events written (``type``), then the
+# stamped levels (``type`` null).
+_FLUSH_AND_STAMP_SQL = f"""{_FLUSH_WITH},{stamp_cte("$1")},
+written AS ({_INSERT})
+SELECT type, NULL::text AS sku, NULL::text AS location, NULL::bigint AS available,
+       NULL::bigint AS version, NULL::boolean AS active
+FROM written
+UNION ALL
+SELECT NULL, sku, location, available, version, active FROM stamped
 """
 
 
@@ -131,9 +145,16 @@ class Outbox:
     def add(self, event_type: str, data: dict[str, Any]) -> None:
         self._other.append((event_type, data))
 
-    async def flush(self, conn: Conn, levels: LevelWriter) -> None:
+    async def flush(
+        self, conn: Conn, levels: LevelWriter, *, stamp: bool = False
+    ) -> list[asyncpg.Record]:
+        """Write the events; with ``stamp``, also give every level of the touched SKUs a
+        new cache version in the same statement and return those levels
+        (``store.levels.stamp_cte``; call it so only while holding their locks)."""
         if not self.enabled:
-            return
+            if stamp and levels.touched:
+                return await conn.fetch(STAMP_SQL, sorted(levels.touched))
+            return []
         types: list[str] = []
         payloads: list[dict[str, Any]] = []
         if self._orders:
@@ -155,10 +176,12 @@ class Outbox:
             payloads.append(data)
         touched = sorted(levels.touched)
         if not types and not touched:
-            return
+            return []
         before = [levels.before.get(sku) for sku in touched]
-        rows = await conn.fetch(_FLUSH_SQL, touched, before, types, payloads)
-        self.written.update(r["type"] for r in rows)
+        sql = _FLUSH_AND_STAMP_SQL if stamp and touched else _FLUSH_SQL
+        rows = await conn.fetch(sql, touched, before, types, payloads)
+        self.written.update(r["type"] for r in rows if r["type"] is not None)
+        return [r for r in rows if r["type"] is None]
 
 
 async def sequence_events(conn: Conn | asyncpg.Pool, max_rows: int = 1000) -> int:

@@ -24,18 +24,41 @@ __all__ = [
     "ALSO_FROM",
     "APPLY_ACTOR",
     "AVAILABLE_SQL",
+    "STAMP_SQL",
     "Delta",
     "LevelGuardViolated",
     "LevelRow",
     "LevelWriter",
     "Summed",
     "guarded_update",
+    "stamp_cte",
     "summed",
 ]
 
 # domain.model.available in SQL, over ``inventory_levels l``: the one formula PostgreSQL,
 # Redis, the availability reads and the events all use.
 AVAILABLE_SQL = "GREATEST(0, l.on_hand - l.reserved - l.unavailable - l.safety_stock)"
+
+
+def stamp_cte(skus: str) -> str:
+    """CTEs giving every level of the SKUs in the text-array parameter ``skus`` one new
+    cache version: ``stamped`` returns each level's sku, location, availability, version
+    and whether its location is active (what Redis is written from).
+
+    Run it only while holding the locks on every level of these SKUs (see
+    ``cache.redis_cache.stamp_and_load``)."""
+    return f"""
+stamp AS (SELECT nextval('cache_version_seq') AS version),
+stamped AS (
+    UPDATE inventory_levels l SET version = stamp.version
+    FROM stamp, locations loc
+    WHERE l.sku = ANY({skus}::text[]) AND loc.code = l.location
+    RETURNING l.sku, l.location, {AVAILABLE_SQL} AS available, l.version, loc.active
+)"""
+
+
+# The stamp alone, of the SKUs in $1.
+STAMP_SQL = f"WITH {stamp_cte('$1')} SELECT * FROM stamped"
 
 
 @dataclass(frozen=True, slots=True)
