@@ -319,6 +319,14 @@ def _issue10(i10: dict[str, Any] | None) -> list[str]:
         for name, c in i10["rows"].items()
     ]
     out.append(_table(["row", "connections", "answers/s", "p50 ms", "p99 ms", "statuses"], rows))
+    paying = i10.get("payments", {}).get("batched_over_unbatched")
+    if paying:
+        out.append(
+            "\nPayments, group commit on / off (the `_unbatched` rows, a server with "
+            "`STOCKGUARD_ORDER_BATCHING=false`): "
+            + ", ".join(f"{k} {_f(v, 2)}x" for k, v in paying.items())
+            + "\n"
+        )
     sb = i10.get("service_batcher", {})
     if sb:
         out.append("\nService layer through the batcher (hot SKU):\n")

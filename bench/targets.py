@@ -242,14 +242,17 @@ async def issue10(ctx: Ctx) -> dict[str, Any]:
         out["cancel"] = await _each_once(
             ctx, wrk, one, c16, seconds, rows, mode="cancel", row="cancel_c16"
         )
-        out["payments"] = {
-            "hot_c32": await _each_once(
-                ctx, wrk, one, c32, seconds, rows, mode="pay", row="pay_hot_c32", hot=True
-            ),
-            "spread_c32": await _each_once(
-                ctx, wrk, one, c32, seconds, rows, mode="pay", row="pay_spread_c32"
-            ),
-        }
+        payments = out["payments"] = await _payments(ctx, wrk, one, c32, seconds, rows, "")
+
+    # Whether group commit pays for payments: the same rows without batching.
+    async with http_server(**server_args, order_batching="false") as alone, rss.watching(alone):
+        unbatched = await _payments(ctx, wrk, alone, c32, seconds, rows, "_unbatched")
+    payments["unbatched"] = unbatched
+    payments["batched_over_unbatched"] = {
+        shape: _ratio(payments[shape]["per_s"], unbatched[shape]["per_s"])
+        for shape in ("hot_c32", "spread_c32")
+    }
+    progress(f"payments batched / unbatched: {payments['batched_over_unbatched']}")
 
     async with http_server(**server_args, workers=2) as two, rss.watching(two):
         await measure(
@@ -334,6 +337,29 @@ async def _flash_sale(
     }
 
 
+async def _payments(
+    ctx: Ctx,
+    wrk: Wrk,
+    server: HttpServer,
+    connections: int,
+    seconds: float,
+    rows: dict[str, Any],
+    suffix: str,
+) -> dict[str, Any]:
+    """Pending orders (one unit of the hot SKU each; the spread shape) paid once each."""
+    n = 200 if ctx.cfg.smoke else 10_000
+    return {
+        "hot_c32": await _each_once(
+            ctx, wrk, server, connections, seconds, rows,
+            mode="pay", row=f"pay_hot_c32{suffix}", hot=True, n=n,
+        ),
+        "spread_c32": await _each_once(
+            ctx, wrk, server, connections, seconds, rows,
+            mode="pay", row=f"pay_spread_c32{suffix}", n=n,
+        ),
+    }  # fmt: skip
+
+
 async def _each_once(
     ctx: Ctx,
     wrk: Wrk,
@@ -345,10 +371,11 @@ async def _each_once(
     mode: str,
     row: str,
     hot: bool = False,
+    n: int = 30_000,
 ) -> dict[str, Any]:
-    """Orders placed first (in batches; one unit of the hot SKU each, or the spread
+    """``n`` orders placed first (in batches; one unit of the hot SKU each, or the spread
     shape), then each cancelled (``mode`` "cancel") or paid ("pay") once over HTTP."""
-    n = 200 if ctx.cfg.smoke else 30_000
+    n = 200 if ctx.cfg.smoke else n
     prefix = f"{row}{ctx.orders.run_id}-"
     async with ctx.service(2) as backends:
         for start in range(0, n, 200):
