@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(default=30.0, gt=0)
     run_workers: bool = Field(default=True, description="run worker loops inside serve")
     order_batching: bool = Field(
-        default=True, description="group commit of concurrent placements and cancels"
+        default=True, description="group commit of concurrent placements, cancels and payments"
     )
     order_batch_max: int = Field(default=200, ge=1, le=5000)
     order_batch_lanes: int = Field(default=4, ge=1, le=64)
