@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -140,3 +140,13 @@ async def app_client(app: FastAPI, key: str) -> AsyncIterator[httpx.AsyncClient]
         headers={"Authorization": f"Bearer {key}"},
     ) as c:
         yield c
+
+
+def assert_replayed(first: Sequence[object], again: Sequence[object]) -> None:
+    """Each response of ``again`` is the replay of its request's first answer: the same
+    status and bytes, marked ``Idempotent-Replayed``."""
+    for one, two in zip(first, again, strict=True):
+        assert isinstance(one, httpx.Response), one
+        assert isinstance(two, httpx.Response), two
+        assert (two.status_code, two.content) == (one.status_code, one.content)
+        assert two.headers.get("Idempotent-Replayed") == "true"

@@ -24,7 +24,14 @@ from stockguard.service.orders import CancelOrder, Placed, PlaceOrder, place_ord
 from stockguard.service.uow import Backends
 from stockguard.store.orders import OrderRecord
 from tests.conftest import Keys, Stocker
-from tests.helpers import app_client, assert_cache_parity, assert_invariants, level, race
+from tests.helpers import (
+    app_client,
+    assert_cache_parity,
+    assert_invariants,
+    assert_replayed,
+    level,
+    race,
+)
 
 pytestmark = pytest.mark.race
 
@@ -105,11 +112,7 @@ async def test_concurrent_cancels_over_http_each_get_their_own_answer(
 
     # The keyed requests again: the same answers, replayed from their keys.
     again = await race(*(cancel(o, i) for i, o in enumerate(targets) if i % 2))
-    for first, second in zip(answers[1::2], again, strict=True):
-        assert isinstance(first, httpx.Response)
-        assert isinstance(second, httpx.Response)
-        assert (second.status_code, second.content) == (first.status_code, first.content)
-        assert second.headers.get("Idempotent-Replayed") == "true"
+    assert_replayed(answers[1::2], again)
     await assert_cache_parity(backends, [sku])
     await assert_invariants(backends.pool)
 

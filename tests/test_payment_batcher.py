@@ -38,6 +38,7 @@ from tests.helpers import (
     app_client,
     assert_cache_parity,
     assert_invariants,
+    assert_replayed,
     expire_now,
     holding_locks,
     level,
@@ -72,20 +73,19 @@ async def _placed(
 
 
 async def _committed_logs(pool: asyncpg.Pool, order_id: str) -> int:
-    n = await pool.fetchval(
-        "SELECT count(*) FROM order_inventory_logs WHERE order_id = $1 AND action = 'COMMITTED'",
-        order_id,
+    return await _count(
+        pool, "order_inventory_logs", "order_id = $1 AND action = 'COMMITTED'", order_id
     )
-    return int(n)
 
 
 async def _events(pool: asyncpg.Pool, event_type: str, order_id: str) -> int:
-    n = await pool.fetchval(
-        "SELECT count(*) FROM events WHERE type = $1 AND data -> 'order' ->> 'id' = $2",
-        event_type,
-        order_id,
+    return await _count(
+        pool, "events", "type = $1 AND data -> 'order' ->> 'id' = $2", event_type, order_id
     )
-    return int(n)
+
+
+async def _count(pool: asyncpg.Pool, table: str, where: str, *args: object) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", *args))
 
 
 async def test_concurrent_payments_over_http_each_get_their_own_answer(
@@ -155,11 +155,7 @@ async def test_concurrent_payments_over_http_each_get_their_own_answer(
 
     # The keyed requests again: the same answers, replayed from their keys.
     again = await race(*(pay(o, i) for i, o in enumerate(targets) if i % 2))
-    for first, second in zip(answers[1::2], again, strict=True):
-        assert isinstance(first, httpx.Response)
-        assert isinstance(second, httpx.Response)
-        assert (second.status_code, second.content) == (first.status_code, first.content)
-        assert second.headers.get("Idempotent-Replayed") == "true"
+    assert_replayed(answers[1::2], again)
     await assert_cache_parity(backends, [sku])
     await assert_invariants(backends.pool)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -537,17 +538,12 @@ async def paid(state: State, order_id: str, body: PaymentIn, key: keys.ApiKey) -
     route's and the fast lane's)."""
     proof = orders.PaymentProof(body.provider, body.payment_id, body.amount, body.currency)
     batcher: PaymentBatcher | None = state.payment_batcher
-    if batcher is None:
-        b: Backends = state.backends
-        return await answered(
-            lambda: orders.pay_order(b, order_id, proof, actor(key)),
-            lambda o: (200, order_json(o)),
-        )
-    claim = current_claim()
-    if claim is not None:
-        claim.render = _order_answer
-    outcome = await batcher.pay(orders.PayOrder(order_id, proof), actor(key))
-    return _batched_response(claim, outcome, _order_answer)
+    b: Backends = state.backends
+    return await _order_changed(
+        None if batcher is None else partial(batcher.pay, orders.PayOrder(order_id, proof)),
+        lambda: orders.pay_order(b, order_id, proof, actor(key)),
+        key,
+    )
 
 
 @router.post(
@@ -570,17 +566,28 @@ async def cancelled(
     route's and the fast lane's)."""
     reason = body.reason if body else None
     batcher: CancelBatcher | None = state.cancel_batcher
-    if batcher is None:
-        b: Backends = state.backends
-        return await answered(
-            lambda: orders.cancel_order(b, order_id, actor(key), reason),
-            lambda o: (200, order_json(o)),
-        )
+    b: Backends = state.backends
+    return await _order_changed(
+        None if batcher is None else partial(batcher.cancel, orders.CancelOrder(order_id, reason)),
+        lambda: orders.cancel_order(b, order_id, actor(key), reason),
+        key,
+    )
+
+
+async def _order_changed(
+    batched: Callable[[str], Awaitable[OrderRecord | StockguardError]] | None,
+    alone: Callable[[], Awaitable[OrderRecord]],
+    key: keys.ApiKey,
+) -> Response:
+    """A cancel's or a payment's answer (200 with the order, or the problem of its
+    refusal): ``batched(actor)`` through its batcher, or else ``alone()`` in a transaction
+    of its own."""
+    if batched is None:
+        return await answered(alone, lambda o: (200, order_json(o)))
     claim = current_claim()
     if claim is not None:
         claim.render = _order_answer
-    outcome = await batcher.cancel(orders.CancelOrder(order_id, reason), actor(key))
-    return _batched_response(claim, outcome, _order_answer)
+    return _batched_response(claim, await batched(actor(key)), _order_answer)
 
 
 def _order_answer(outcome: OrderRecord | StockguardError) -> Answer:
