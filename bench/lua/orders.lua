@@ -54,13 +54,14 @@ end
 
 -- With a QUOTA, each thread sends exactly QUOTA requests; after that its connections
 -- only ask for a path that does not exist (a 404 from the router, not counted) until the
--- last answer is in (or, should an answer be lost, a while longer) and the thread stops.
+-- last answer is in (or, should an answer be lost, 20,000 fillers later: a few seconds,
+-- longer than a slow batch's answer takes) and the thread stops.
 local filler = wrk.format("GET", "/bench-filler")
 
 function request()
   sent = sent + 1
   if QUOTA > 0 and sent > QUOTA then
-    if sent > QUOTA + 2000 then wrk.thread:stop() end
+    if sent > QUOTA + 20000 then wrk.thread:stop() end
     return filler
   end
   if MODE == "cancel" or MODE == "pay" then
